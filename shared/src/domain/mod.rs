@@ -1,0 +1,16 @@
+//! Plain-Rust domain: jobs, their states and allowed transitions, validated requests, API keys.
+
+pub mod api_key;
+pub mod cursor;
+pub mod ids;
+pub mod job;
+pub mod request;
+
+pub use api_key::{ApiKey, ApiKeyRecord, Tier};
+pub use cursor::Cursor;
+pub use ids::{JobId, UserId};
+pub use job::{
+    Attempt, ImageRef, Job, JobError, JobStatus, Lease, NewJob, TransitionError, Webhook,
+    WebhookEvent,
+};
+pub use request::{ImageSize, JobRequest, Quality, SubmitJob, ValidationError};

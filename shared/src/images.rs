@@ -1,0 +1,1 @@
+//! Checks of image bytes before they are stored.

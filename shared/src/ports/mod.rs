@@ -1,0 +1,12 @@
+//! The ports: small traits the domain and the services talk through. Each has a local adapter
+//! (SQLite and files) and an AWS adapter (DynamoDB, SQS, S3).
+
+pub mod blob_store;
+pub mod job_store;
+pub mod provider;
+pub mod queue;
+
+pub use blob_store::{Blob, BlobError, BlobStore};
+pub use job_store::{JobPage, JobStore, ListQuery, StoreError};
+pub use provider::{GeneratedImage, GenerationRequest, ImageProvider, ProviderError};
+pub use queue::{Queue, QueueError, ReceivedMessage};

@@ -1,0 +1,3 @@
+//! Image providers and the routing between them.
+
+pub mod local;
