@@ -1,1 +1,3 @@
+//! Test support for Kiln: the app spawned on a free port, port contract suites, fake servers.
 
+pub mod contract;

@@ -9,4 +9,4 @@ pub mod queue;
 pub use blob_store::{Blob, BlobError, BlobStore};
 pub use job_store::{JobPage, JobStore, ListQuery, StoreError};
 pub use provider::{GeneratedImage, GenerationRequest, ImageProvider, ProviderError};
-pub use queue::{Queue, QueueError, ReceivedMessage};
+pub use queue::{JobMessage, Queue, QueueError, ReceivedMessage};

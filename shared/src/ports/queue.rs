@@ -65,3 +65,23 @@ pub trait Queue: Send + Sync + 'static {
     /// How many messages are waiting, visible or in flight (approximate on SQS).
     async fn depth(&self) -> Result<u64, QueueError>;
 }
+
+/// The body of a message on the jobs queue: the job id only; the job store is the source of truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobMessage {
+    /// The job to run.
+    pub job_id: crate::domain::JobId,
+}
+
+impl JobMessage {
+    /// The JSON body.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a job id always serializes")
+    }
+
+    /// Parses a body; `Err` names what is wrong with it.
+    pub fn decode(body: &str) -> Result<Self, String> {
+        serde_json::from_str(body).map_err(|e| format!("not a job message: {e}"))
+    }
+}

@@ -1,0 +1,1 @@
+//! The port contracts against the local adapters.
