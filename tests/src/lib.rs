@@ -1,3 +1,6 @@
 //! Test support for Kiln: the app spawned on a free port, port contract suites, fake servers.
 
+pub mod app;
 pub mod contract;
+pub mod process;
+pub mod providers;

@@ -1,0 +1,44 @@
+# Kiln: `make run` starts it locally, `make test` runs every test. See README.md.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+KILN_ADDR ?= 127.0.0.1:3000
+export KILN_ADDR
+
+.PHONY: help run build test lint fmt clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+build: ## Build every crate (debug, dependencies optimised)
+	$(CARGO) build --workspace --locked
+
+run: ## Build and start Kiln on http://127.0.0.1:3000 (embedded backend, built-in renderer)
+	$(CARGO) build -p kiln-cli --bin kiln --locked
+	@echo
+	@echo "  Kiln is starting on http://$(KILN_ADDR)  (data in ./.kiln, Ctrl-C stops it)"
+	@echo "  In another terminal:"
+	@echo "    export KILN_API_KEY=\$$(./target/debug/kiln keys create --user me | tail -n1)"
+	@echo "    curl -s -H \"Authorization: Bearer \$$KILN_API_KEY\" -H 'Content-Type: application/json' \\"
+	@echo "         -H 'Prefer: wait=10' -d '{\"prompt\":\"a lighthouse at dusk\",\"size\":\"512x512\"}' \\"
+	@echo "         http://$(KILN_ADDR)/v1/jobs"
+	@echo "    ./target/debug/kiln submit 'a lighthouse at dusk' --wait   # saves PNGs in ./kiln-images"
+	@echo
+	./target/debug/kiln serve
+
+test: ## Run every test (unit, integration, end-to-end)
+	$(CARGO) build --workspace --all-targets --locked
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: ## Remove build output and local data
+	$(CARGO) clean
+	rm -rf .kiln kiln-images

@@ -1,0 +1,157 @@
+//! `kiln serve`: the API, the worker pool and the storage in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use kiln_api::{ApiConfig, AppState};
+use kiln_shared::adapters::Services;
+use kiln_shared::clock::{Clock, SystemClock};
+use kiln_shared::config::Settings;
+use kiln_shared::providers::Providers;
+use kiln_worker::{Worker, WorkerConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::logging;
+
+/// Options of `kiln serve`; each overrides its environment variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [env: KILN_ADDR, default 127.0.0.1:3000]; port 0 picks a free one.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Directory of the local backend's database and images [env: KILN_DATA_DIR, default ./.kiln].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run the API only, without the worker pool.
+    #[arg(long)]
+    no_worker: bool,
+}
+
+/// A running server: its address and the handle that stops it.
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests and jobs finish, and waits for every task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until the server stops (on Ctrl-C or SIGTERM).
+    pub async fn wait_for_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests and jobs");
+        self.stop().await;
+    }
+}
+
+/// Starts the API (and, if `with_worker`, the worker pool) on `settings.addr` over `services`.
+pub async fn start(
+    settings: &Settings,
+    services: Services,
+    providers: Arc<Providers>,
+    with_worker: bool,
+) -> anyhow::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (KILN_ADDR)", settings.addr))?;
+    let addr = listener.local_addr().context("listener has no local address")?;
+    let (shutdown, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    if with_worker {
+        let worker = Arc::new(Worker::new(
+            services.store.clone(),
+            services.blobs.clone(),
+            providers,
+            services.clock.clone(),
+            WorkerConfig {
+                lease: settings.lease,
+                job_timeout: settings.job_timeout,
+                max_receive_count: settings.max_receive_count,
+                concurrency: settings.worker_concurrency,
+            },
+        ));
+        let queue = services.jobs_queue.clone();
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move { kiln_worker::run_pool(worker, queue, rx).await }));
+    }
+
+    let state = AppState {
+        store: services.store.clone(),
+        queue: services.jobs_queue.clone(),
+        blobs: services.blobs.clone(),
+        url_signer: services.url_signer.clone(),
+        clock: services.clock.clone(),
+        config: ApiConfig::from_settings(settings),
+    };
+    let app = kiln_api::router(state);
+    let mut rx = stop_rx;
+    tasks.push(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    }));
+    Ok(RunningServer { addr, shutdown, tasks })
+}
+
+/// Runs `kiln serve` until Ctrl-C or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::from_env()?;
+    if let Some(addr) = args.addr {
+        settings.addr = addr;
+    }
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    logging::init(settings.log_format);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let services = Services::from_settings(&settings, clock).await?;
+    let providers = Arc::new(Providers::local_only(settings.local_latency));
+    let server = start(&settings, services, providers, !args.no_worker).await?;
+    // The one line scripts and tests wait for; keep its shape.
+    println!("kiln listening on http://{}", server.addr);
+    tracing::info!(
+        addr = %server.addr,
+        data_dir = %settings.data_dir.display(),
+        worker = !args.no_worker,
+        "kiln serve started"
+    );
+    server.wait_for_signal().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
