@@ -1,1 +1,114 @@
+//! Kiln's HTTP API: one axum [`Router`] that the Lambda main wraps with `lambda_http` and
+//! `kiln serve` binds to a TCP port. Every error, including extractor rejections, unknown routes
+//! and wrong methods, answers `{"error": {"code", "message", "field"?}}` (the seed routes wrap
+//! it as `{"success": false, "error": {...}}`).
 
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod prefer;
+pub mod routes;
+pub mod submit;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::routing::{get, post};
+use axum::Router;
+use kiln_shared::config::Settings;
+use kiln_shared::ports::{BlobStore, JobStore, Queue};
+use kiln_shared::url_signing::UrlSigner;
+use kiln_shared::Clock;
+use tower_http::trace::TraceLayer;
+
+pub use auth::Caller;
+pub use body::JsonBody;
+pub use error::ApiError;
+
+/// Longest a `Prefer: wait` may hold a response: under API Gateway's 29 s integration timeout.
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+
+/// What the handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Jobs and API keys.
+    pub store: Arc<dyn JobStore>,
+    /// The jobs queue.
+    pub queue: Arc<dyn Queue>,
+    /// Images.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Checks `/v1/images` URLs; `None` where the blob store hands out its own URLs (S3).
+    pub url_signer: Option<UrlSigner>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Settings of the API.
+    pub config: ApiConfig,
+}
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base of absolute URLs; `None` takes `http://{Host}` from each request.
+    pub public_url: Option<String>,
+    /// Lifetime of signed image URLs.
+    pub url_ttl: Duration,
+    /// How long jobs are kept.
+    pub retention: Duration,
+    /// Largest request body; larger is `413`.
+    pub max_body_bytes: usize,
+    /// Longest `Prefer: wait` honoured; longer is clamped.
+    pub max_wait: Duration,
+}
+
+impl ApiConfig {
+    /// The API's part of the process settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            public_url: s.public_url.clone(),
+            url_ttl: s.url_ttl,
+            retention: s.retention,
+            max_body_bytes: s.max_body_bytes,
+            max_wait: MAX_WAIT,
+        }
+    }
+}
+
+/// The API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let v1 = Router::new()
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::create).get(routes::jobs::list),
+        )
+        .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/v1/images/{*key}", get(routes::images::get))
+        .route("/healthz", get(routes::health))
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    // The fallback is set before the layer so that a wrong method gets the seed envelope too.
+    let seed = Router::new()
+        .route("/api/generate/image", post(routes::seed::image))
+        .route("/api/generate/batch", post(routes::seed::batch))
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::map_response(routes::seed::envelope));
+    v1.merge(seed)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .with_state(state)
+}
+
+/// The span of one request. Only the path is recorded: the query of an image URL carries its
+/// signature, which grants access until it expires.
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        user_id = tracing::field::Empty,
+    )
+}

@@ -1,0 +1,76 @@
+//! The one submit pipeline behind `POST /v1/jobs` and the seed routes: validate everything,
+//! store the pending jobs, enqueue their ids.
+
+use std::time::Duration;
+
+use kiln_shared::domain::{Job, NewJob, SubmitJob, ValidationError};
+use kiln_shared::ports::JobMessage;
+
+use crate::{ApiError, AppState, Caller};
+
+/// Most jobs one batch may carry.
+pub const MAX_BATCH: usize = 100;
+
+/// Most messages one `Queue::send` carries (the SQS batch limit).
+const SEND_BATCH: usize = 10;
+
+/// Validates every body, then stores and enqueues the jobs in order. If any body is invalid,
+/// nothing is stored; the error's field is prefixed by `items[i].` when there is more than one
+/// body, so the client knows which item to fix.
+///
+/// A failed enqueue is logged and otherwise ignored: the job is already durable and pending,
+/// and the worker pool's sweeper re-enqueues pending jobs that sat too long, so the client gets
+/// its `202` and the job still runs, only later.
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    bodies: Vec<SubmitJob>,
+    batch: bool,
+) -> Result<Vec<Job>, ApiError> {
+    let now = state.clock.now();
+    let jobs = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let (request, metadata) = body.validate().map_err(|e| {
+                if batch {
+                    ValidationError::new(format!("items[{i}].{}", e.field), e.message)
+                } else {
+                    e
+                }
+            })?;
+            let new = NewJob {
+                user_id: caller.user_id.clone(),
+                tier: caller.tier,
+                request,
+                webhook: None,
+                metadata,
+            };
+            Ok(Job::new(new, now, state.config.retention))
+        })
+        .collect::<Result<Vec<_>, ValidationError>>()?;
+
+    // The port has no multi-item write; a store failure part-way leaves the earlier jobs
+    // pending, where the sweeper finds and runs them.
+    for job in &jobs {
+        state.store.insert(job).await?;
+    }
+    for chunk in jobs.chunks(SEND_BATCH) {
+        let bodies: Vec<String> = chunk
+            .iter()
+            .map(|j| JobMessage { job_id: j.id }.encode())
+            .collect();
+        if let Err(e) = state.queue.send(&bodies, Duration::ZERO).await {
+            let ids: Vec<String> = chunk.iter().map(|j| j.id.to_string()).collect();
+            tracing::warn!(
+                error = %e,
+                job_ids = ?ids,
+                "enqueue failed; the jobs are stored and the sweeper will enqueue them"
+            );
+        }
+    }
+    for job in &jobs {
+        tracing::info!(job_id = %job.id, user_id = %job.user_id, "job accepted");
+    }
+    Ok(jobs)
+}
