@@ -629,3 +629,92 @@ async fn unknown_routes_wrong_methods_and_health_use_json() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json(), json!({"status": "ok"}));
 }
+
+/// A job store whose backend is down.
+struct DownStore;
+
+fn down<T>() -> Result<T, kiln_shared::ports::StoreError> {
+    Err(kiln_shared::ports::StoreError::Unavailable(
+        "disk I/O error at /secret/path".into(),
+    ))
+}
+
+#[async_trait::async_trait]
+impl JobStore for DownStore {
+    async fn insert(&self, _: &Job) -> Result<(), kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn get(&self, _: &JobId) -> Result<Option<Job>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn update(&self, _: &Job) -> Result<(), kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn list(
+        &self,
+        _: &UserId,
+        _: &ListQuery,
+    ) -> Result<kiln_shared::ports::JobPage, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn stale_pending(
+        &self,
+        _: chrono::DateTime<chrono::Utc>,
+        _: usize,
+    ) -> Result<Vec<Job>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn delete_expired(
+        &self,
+        _: chrono::DateTime<chrono::Utc>,
+        _: usize,
+    ) -> Result<usize, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn insert_api_key(&self, _: &ApiKeyRecord) -> Result<(), kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn find_api_key(
+        &self,
+        _: &str,
+    ) -> Result<Option<ApiKeyRecord>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn revoke_api_key(
+        &self,
+        _: &str,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<ApiKeyRecord>, kiln_shared::ports::StoreError> {
+        down()
+    }
+}
+
+#[tokio::test]
+async fn a_down_store_is_a_503_that_reveals_nothing() {
+    let app = spawn_app().await;
+    let state = AppState {
+        store: Arc::new(DownStore),
+        queue: app.backend.jobs_queue.clone(),
+        blobs: app.backend.blobs.clone(),
+        url_signer: None,
+        clock: Arc::new(app.clock.clone()),
+        config: ApiConfig::from_settings(
+            &kiln_shared::config::Settings::from_lookup(|_| None).expect("default settings"),
+        ),
+    };
+    let down_app = TestApp {
+        router: router(state),
+        ..app
+    };
+    for a in [
+        down_app.get("/healthz").await,
+        down_app.get("/v1/jobs").await,
+    ] {
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.json()["error"]["code"], "unavailable");
+        assert!(!String::from_utf8_lossy(&a.bytes).contains("secret"));
+    }
+}
