@@ -10,14 +10,12 @@ use kiln_shared::clock::Clock;
 use kiln_shared::domain::{
     Attempt, ImageRef, Job, JobError, JobId, JobRequest, JobStatus, TransitionError,
 };
-use kiln_shared::images::{inspect, ImageInfo, ImageLimits};
 use kiln_shared::ports::{
-    BlobStore, GeneratedImage, GenerationRequest, JobMessage, JobStore, ProviderError,
-    ReceivedMessage, StoreError,
+    BlobStore, GenerationRequest, JobMessage, JobStore, ReceivedMessage, StoreError,
 };
-use kiln_shared::providers::{ProviderEntry, Providers};
+use kiln_shared::providers::{CheckedImage, DispatchError, Dispatcher, Providers};
 use tokio::time::Instant;
-use tracing::{field, info, info_span, warn, Instrument, Span};
+use tracing::{field, info, info_span, warn, Span};
 use uuid::Uuid;
 
 use crate::batch::{run_batch, Outcome};
@@ -39,10 +37,9 @@ pub struct WorkerConfig {
 pub struct Worker {
     store: Arc<dyn JobStore>,
     blobs: Arc<dyn BlobStore>,
-    providers: Arc<Providers>,
+    dispatcher: Arc<Dispatcher>,
     clock: Arc<dyn Clock>,
     config: WorkerConfig,
-    limits: ImageLimits,
 }
 
 /// The code of a job that every provider failed on, transiently.
@@ -50,12 +47,6 @@ pub const PROVIDER_UNAVAILABLE: &str = "provider_unavailable";
 
 /// Part of the lease kept free for storing the images and writing the result.
 const MAX_LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// A provider's images after checking.
-struct Checked {
-    bytes: Vec<u8>,
-    info: ImageInfo,
-}
 
 /// How a conditional write of the job went.
 enum Write {
@@ -77,13 +68,24 @@ impl Worker {
         clock: Arc<dyn Clock>,
         config: WorkerConfig,
     ) -> Self {
+        let dispatcher = Arc::new(Dispatcher::new(providers, clock.clone()));
+        Self::with_dispatcher(store, blobs, dispatcher, clock, config)
+    }
+
+    /// A worker whose provider calls go through `dispatcher` (its retry and breaker policies).
+    pub fn with_dispatcher(
+        store: Arc<dyn JobStore>,
+        blobs: Arc<dyn BlobStore>,
+        dispatcher: Arc<Dispatcher>,
+        clock: Arc<dyn Clock>,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             store,
             blobs,
-            providers,
+            dispatcher,
             clock,
             config,
-            limits: ImageLimits::default(),
         }
     }
 
@@ -210,81 +212,39 @@ impl Worker {
             .min(now + lease_left.saturating_sub(margin))
     }
 
-    /// Calls the providers in routing order until one gives usable images or refuses for good.
+    /// Has the dispatcher generate the images (retries, fallback and breakers are its business),
+    /// then stores them, or ends or releases the job by what went wrong.
     async fn run(&self, job: Job, token: Uuid, receive_count: u32, deadline: Instant) -> Outcome {
         let req = generation_request(&job.request);
-        let mut attempts = Vec::new();
-        let mut reasons = Vec::new();
-        for entry in self.providers.route(job.tier) {
-            let name = entry.provider.name().to_owned();
-            if Instant::now() >= deadline {
-                reasons.push(format!("{name}: not tried, out of time"));
-                continue;
+        let failure = match self.dispatcher.generate(job.tier, &req, deadline).await {
+            Ok(generated) => {
+                return self
+                    .store_result(
+                        job,
+                        token,
+                        generated.provider,
+                        generated.images,
+                        generated.attempts,
+                    )
+                    .await;
             }
-            let attempt = job.attempts.len() + attempts.len() + 1;
-            let span = info_span!("provider", provider = %name, attempt);
-            let started_at = self.clock.now();
-            let t0 = Instant::now();
-            let result = self
-                .call(entry, &req, deadline)
-                .instrument(span.clone())
+            Err(failure) => failure,
+        };
+        let DispatchError { error, attempts } = failure;
+        if !error.retriable {
+            return self
+                .end_failed(&job, token, error, attempts, Outcome::Ack)
                 .await;
-            let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
-            match result {
-                Ok(images) => {
-                    info!(parent: &span, latency_ms, images = images.len(), "provider succeeded");
-                    attempts.push(Attempt {
-                        provider: name.clone(),
-                        outcome: "success".into(),
-                        status_code: None,
-                        latency_ms,
-                        cost_usd: entry.cost_per_image_usd * images.len() as f64,
-                        started_at,
-                    });
-                    return self.store_result(job, token, name, images, attempts).await;
-                }
-                Err(e) => {
-                    warn!(parent: &span, latency_ms, error = %e, "provider failed");
-                    attempts.push(Attempt {
-                        provider: name.clone(),
-                        outcome: e.code().to_owned(),
-                        status_code: e.status(),
-                        latency_ms,
-                        cost_usd: 0.0,
-                        started_at,
-                    });
-                    if !e.retriable() {
-                        let error = JobError {
-                            code: e.code().to_owned(),
-                            message: e.to_string(),
-                            retriable: false,
-                        };
-                        return self
-                            .end_failed(&job, token, error, attempts, Outcome::Ack)
-                            .await;
-                    }
-                    reasons.push(format!("{name}: {e}"));
-                }
-            }
         }
-        if reasons.is_empty() {
-            reasons.push(format!("no provider serves the {} tier", job.tier));
-        }
-        let message = format!("every provider failed: {}", reasons.join("; "));
         if receive_count >= self.config.max_receive_count {
-            warn!(receive_count, %message, "last allowed delivery; failing the job");
-            let error = JobError {
-                code: PROVIDER_UNAVAILABLE.into(),
-                message,
-                retriable: true,
-            };
+            warn!(receive_count, message = %error.message, "last allowed delivery; failing the job");
             // Retry even once failed, so that the queue parks the message in the dead-letter
             // queue where operators look for replays.
             return self
                 .end_failed(&job, token, error, attempts, Outcome::Retry)
                 .await;
         }
-        warn!(receive_count, %message, "releasing the job for a later delivery");
+        warn!(receive_count, message = %error.message, "releasing the job for a later delivery");
         let now = self.clock.now();
         match self
             .write(&job, |j| j.release(token, attempts.clone(), now))
@@ -296,39 +256,13 @@ impl Worker {
         }
     }
 
-    /// One provider call, bounded by `deadline` even if the provider ignores it, and its images
-    /// checked.
-    async fn call(
-        &self,
-        entry: &ProviderEntry,
-        req: &GenerationRequest,
-        deadline: Instant,
-    ) -> Result<Vec<Checked>, ProviderError> {
-        let t0 = Instant::now();
-        let images = tokio::time::timeout_at(deadline, entry.provider.generate(req, deadline))
-            .await
-            .unwrap_or_else(|_| Err(ProviderError::Timeout(t0.elapsed())))?;
-        let wanted = usize::from(req.n);
-        if images.len() < wanted {
-            return Err(ProviderError::InvalidImage(format!(
-                "asked for {wanted} images, got {}",
-                images.len()
-            )));
-        }
-        let limits = self.limits;
-        // Hashing up to 20 MiB per image is CPU work: keep it off the runtime's threads.
-        tokio::task::spawn_blocking(move || check_images(images, wanted, &limits))
-            .await
-            .map_err(|e| ProviderError::InvalidImage(format!("image check did not finish: {e}")))?
-    }
-
     /// Stores the images under their deterministic keys and marks the job `success`.
     async fn store_result(
         &self,
         job: Job,
         token: Uuid,
         provider: String,
-        images: Vec<Checked>,
+        images: Vec<CheckedImage>,
         attempts: Vec<Attempt>,
     ) -> Outcome {
         let mut refs = Vec::with_capacity(images.len());
@@ -502,25 +436,4 @@ fn generation_request(r: &JobRequest) -> GenerationRequest {
         seed: r.seed,
         quality: r.quality,
     }
-}
-
-/// Checks the first `wanted` images; extra images are dropped.
-fn check_images(
-    images: Vec<GeneratedImage>,
-    wanted: usize,
-    limits: &ImageLimits,
-) -> Result<Vec<Checked>, ProviderError> {
-    images
-        .into_iter()
-        .take(wanted)
-        .enumerate()
-        .map(|(i, image)| {
-            let info = inspect(&image.bytes, limits)
-                .map_err(|e| ProviderError::InvalidImage(format!("image {i}: {e}")))?;
-            Ok(Checked {
-                bytes: image.bytes,
-                info,
-            })
-        })
-        .collect()
 }

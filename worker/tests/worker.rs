@@ -13,7 +13,8 @@ use kiln_shared::ports::{
     BlobStore, GeneratedImage, GenerationRequest, ImageProvider, JobMessage, JobStore,
     ProviderError, Queue, ReceivedMessage,
 };
-use kiln_shared::providers::{LocalProvider, ProviderEntry, Providers};
+use kiln_shared::providers::breaker::BreakerPolicy;
+use kiln_shared::providers::{Dispatcher, LocalProvider, ProviderEntry, Providers, RetryPolicy};
 use kiln_worker::{run_pool, sweep, Outcome, Worker, WorkerConfig, PROVIDER_UNAVAILABLE};
 use tokio::time::Instant;
 
@@ -142,10 +143,18 @@ impl Harness {
             })
             .collect();
         let fakes = configured.into_iter().map(|(f, _)| f).collect();
-        let worker = Arc::new(Worker::new(
+        // Retries happen (three calls a provider) but their waits are skipped.
+        let dispatcher = Dispatcher::with_policies(
+            Arc::new(Providers::new(entries)),
+            Arc::new(clock.clone()),
+            RetryPolicy::default(),
+            BreakerPolicy::default(),
+            Arc::new(|_| Box::pin(async {})),
+        );
+        let worker = Arc::new(Worker::with_dispatcher(
             store,
             backend.blobs.clone(),
-            Arc::new(Providers::new(entries)),
+            Arc::new(dispatcher),
             Arc::new(clock.clone()),
             WorkerConfig {
                 lease: LEASE,
@@ -319,7 +328,16 @@ async fn transient_failures_release_then_fail_retriable_on_the_last_receive() {
         .iter()
         .map(|a| a.outcome.as_str())
         .collect();
-    assert_eq!(outcomes, ["provider_error", "invalid_image"]);
+    // The transient provider is retried before falling back; a bad image is not retried.
+    assert_eq!(
+        outcomes,
+        [
+            "provider_error",
+            "provider_error",
+            "provider_error",
+            "invalid_image"
+        ]
+    );
     assert_eq!(released.attempts[0].status_code, Some(503));
 
     // Released: the next delivery claims at once, without waiting for the lease.
@@ -330,9 +348,9 @@ async fn transient_failures_release_then_fail_retriable_on_the_last_receive() {
     assert_eq!(error.code, PROVIDER_UNAVAILABLE);
     assert!(error.retriable);
     assert!(error.message.contains("first") && error.message.contains("second"));
-    assert_eq!(failed.attempts.len(), 4);
+    assert_eq!(failed.attempts.len(), 8, "both runs' attempts are kept");
     assert_eq!(failed.runs, 2);
-    assert_eq!(h.calls(), 4);
+    assert_eq!(h.calls(), 8);
 }
 
 #[tokio::test]

@@ -7,7 +7,14 @@
 //! follow by `priority`, lowest number first, as fallbacks. Ties break on priority, then cost,
 //! then the order the entries were configured in.
 
+pub mod breaker;
+pub mod dispatch;
+pub mod file;
+pub mod http;
+pub mod limited;
 pub mod local;
+pub mod openai;
+pub mod stability;
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use std::time::Duration;
 use crate::domain::Tier;
 use crate::ports::ImageProvider;
 
+pub use dispatch::{CheckedImage, DispatchError, Dispatcher, Generated, RetryPolicy};
 pub use local::LocalProvider;
 
 /// One configured provider and how routing treats it.
