@@ -130,15 +130,26 @@ impl Api {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let resp = req.bearer_auth(&self.key).send().await.with_context(|| format!("cannot reach Kiln at {}", self.base))?;
+        let resp = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Kiln at {}", self.base))?;
         let status = resp.status();
-        let body = resp.bytes().await.context("connection dropped while reading the answer")?;
-        let value: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&body) }));
+        let body = resp
+            .bytes()
+            .await
+            .context("connection dropped while reading the answer")?;
+        let value: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&body) }));
         if status.is_success() {
             return Ok(value);
         }
         let err = &value["error"];
-        let field = err["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default();
+        let field = err["field"]
+            .as_str()
+            .map(|f| format!(" (field {f})"))
+            .unwrap_or_default();
         match (err["code"].as_str(), err["message"].as_str()) {
             (Some(code), Some(msg)) => bail!("{status}: {code}: {msg}{field}"),
             _ => bail!("{status}: {}", String::from_utf8_lossy(&body)),
@@ -179,13 +190,21 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     if let Some(m) = &args.metadata {
         body["metadata"] = serde_json::from_str(m).context("--metadata: not valid JSON")?;
     }
-    let job = api.send(api.http.post(api.url("/v1/jobs")).json(&body)).await?;
-    let id = job["id"].as_str().ok_or_else(|| anyhow!("the server answered without a job id"))?.to_owned();
+    let job = api
+        .send(api.http.post(api.url("/v1/jobs")).json(&body))
+        .await?;
+    let id = job["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server answered without a job id"))?
+        .to_owned();
     if !args.wait {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&job)?);
         } else {
-            println!("Submitted job {id} ({}). Check it with `kiln get {id}`.", job["status"].as_str().unwrap_or("?"));
+            println!(
+                "Submitted job {id} ({}). Check it with `kiln get {id}`.",
+                job["status"].as_str().unwrap_or("?")
+            );
             println!("{id}");
         }
         return Ok(());
@@ -206,7 +225,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some(status) => {
-            let msg = job["error"]["message"].as_str().unwrap_or("no reason given");
+            let msg = job["error"]["message"]
+                .as_str()
+                .unwrap_or("no reason given");
             bail!("job {id} ended {status}: {msg}")
         }
         None => bail!("job {id}: the server answered without a status"),
@@ -215,12 +236,17 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 
 async fn wait_for(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<Value> {
     let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("static template is valid"));
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .expect("static template is valid"),
+    );
     spinner.enable_steady_tick(Duration::from_millis(100));
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        let job = api.send(api.http.get(api.url(&format!("/v1/jobs/{id}")))).await?;
+        let job = api
+            .send(api.http.get(api.url(&format!("/v1/jobs/{id}"))))
+            .await?;
         let status = job["status"].as_str().unwrap_or("?").to_owned();
         spinner.set_message(format!("job {id}: {status}"));
         if matches!(status.as_str(), "success" | "failed" | "canceled") {
@@ -237,24 +263,38 @@ async fn wait_for(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<Valu
 }
 
 async fn download(api: &Api, job: &Value, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    tokio::fs::create_dir_all(out).await.with_context(|| format!("--out: cannot create {}", out.display()))?;
+    tokio::fs::create_dir_all(out)
+        .await
+        .with_context(|| format!("--out: cannot create {}", out.display()))?;
     let id = job["id"].as_str().unwrap_or("job");
     let mut paths = Vec::new();
     for (i, image) in job["images"].as_array().into_iter().flatten().enumerate() {
-        let url = image["url"].as_str().ok_or_else(|| anyhow!("image {i} has no url"))?;
+        let url = image["url"]
+            .as_str()
+            .ok_or_else(|| anyhow!("image {i} has no url"))?;
         let ext = match image["content_type"].as_str() {
             Some("image/jpeg") => "jpg",
             Some("image/webp") => "webp",
             _ => "png",
         };
         // Signed URLs carry their own authorization; no API key is sent with them.
-        let resp = api.http.get(url).send().await.with_context(|| format!("cannot download image {i}"))?;
+        let resp = api
+            .http
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("cannot download image {i}"))?;
         if !resp.status().is_success() {
             bail!("image {i}: download answered {}", resp.status());
         }
-        let bytes = resp.bytes().await.with_context(|| format!("image {i}: download interrupted"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("image {i}: download interrupted"))?;
         let path = out.join(format!("{id}-{i}.{ext}"));
-        tokio::fs::write(&path, &bytes).await.with_context(|| format!("cannot write {}", path.display()))?;
+        tokio::fs::write(&path, &bytes)
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
         paths.push(path);
     }
     Ok(paths)
@@ -264,7 +304,9 @@ async fn download(api: &Api, job: &Value, out: &Path) -> anyhow::Result<Vec<Path
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.conn)?;
     let id = job_id(&args.id)?;
-    let job = api.send(api.http.get(api.url(&format!("/v1/jobs/{id}")))).await?;
+    let job = api
+        .send(api.http.get(api.url(&format!("/v1/jobs/{id}"))))
+        .await?;
     println!("{}", serde_json::to_string_pretty(&job)?);
     Ok(())
 }
@@ -274,8 +316,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.conn)?;
     let mut cursor = args.cursor.clone();
     let mut all = Vec::new();
-    let mut next = None;
-    loop {
+    let next = loop {
         let mut query = vec![("limit", args.limit.to_string())];
         if let Some(s) = &args.status {
             query.push(("status", s.clone()));
@@ -283,22 +324,37 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         if let Some(c) = &cursor {
             query.push(("cursor", c.clone()));
         }
-        let page = api.send(api.http.get(api.url("/v1/jobs")).query(&query)).await?;
+        let page = api
+            .send(api.http.get(api.url("/v1/jobs")).query(&query))
+            .await?;
         all.extend(page["data"].as_array().cloned().unwrap_or_default());
-        next = page["next_cursor"].as_str().map(str::to_owned);
+        let next = page["next_cursor"].as_str().map(str::to_owned);
         if !args.all || next.is_none() {
-            break;
+            break next;
         }
-        cursor = next.clone();
-    }
+        cursor = next;
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "data": all, "next_cursor": next }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "data": all, "next_cursor": next }))?
+        );
         return Ok(());
     }
     println!("{:<36}  {:<8}  {:<20}  PROMPT", "ID", "STATUS", "CREATED");
     for j in &all {
-        let prompt: String = j["request"]["prompt"].as_str().unwrap_or("").chars().take(48).collect();
-        let created = j["created_at"].as_str().unwrap_or("").get(..19).unwrap_or("").replace('T', " ");
+        let prompt: String = j["request"]["prompt"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(48)
+            .collect();
+        let created = j["created_at"]
+            .as_str()
+            .unwrap_or("")
+            .get(..19)
+            .unwrap_or("")
+            .replace('T', " ");
         println!(
             "{:<36}  {:<8}  {:<20}  {prompt}",
             j["id"].as_str().unwrap_or("?"),
@@ -316,7 +372,9 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.conn)?;
     let id = job_id(&args.id)?;
-    let job = api.send(api.http.post(api.url(&format!("/v1/jobs/{id}/cancel")))).await?;
+    let job = api
+        .send(api.http.post(api.url(&format!("/v1/jobs/{id}/cancel"))))
+        .await?;
     println!("job {id}: {}", job["status"].as_str().unwrap_or("?"));
     Ok(())
 }

@@ -52,7 +52,11 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Create { user, tier } => {
             let user = UserId::parse(&user).map_err(|m| anyhow::anyhow!("--user: {m}"))?;
             let (key, record) = ApiKeyRecord::issue(user, tier, now);
-            services.store.insert_api_key(&record).await.context("cannot store the new key")?;
+            services
+                .store
+                .insert_api_key(&record)
+                .await
+                .context("cannot store the new key")?;
             println!(
                 "Created key {} for user {} (tier {}). It is shown only now; keep it safe:",
                 record.id, record.user_id, record.tier
@@ -60,13 +64,20 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             println!("{}", key.expose());
         }
         KeysCommand::List { json } => {
-            let keys = services.store.list_api_keys().await.context("cannot list keys")?;
+            let keys = services
+                .store
+                .list_api_keys()
+                .await
+                .context("cannot list keys")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else if keys.is_empty() {
                 println!("no keys yet: create one with `kiln keys create --user NAME`");
             } else {
-                println!("{:<18} {:<14} {:<24} {:<9} {:<20} REVOKED", "ID", "PREFIX", "USER", "TIER", "CREATED");
+                println!(
+                    "{:<18} {:<14} {:<24} {:<9} {:<20} REVOKED",
+                    "ID", "PREFIX", "USER", "TIER", "CREATED"
+                );
                 for k in keys {
                     println!(
                         "{:<18} {:<14} {:<24} {:<9} {:<20} {}",
@@ -75,7 +86,9 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                         k.user_id,
                         k.tier,
                         k.created_at.format("%Y-%m-%d %H:%M:%S"),
-                        k.revoked_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+                        k.revoked_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                            .unwrap_or_else(|| "-".into())
                     );
                 }
             }
@@ -84,7 +97,12 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             if id.trim().is_empty() {
                 bail!("ID: must not be empty");
             }
-            match services.store.revoke_api_key(id.trim(), now).await.context("cannot revoke the key")? {
+            match services
+                .store
+                .revoke_api_key(id.trim(), now)
+                .await
+                .context("cannot revoke the key")?
+            {
                 Some(k) => println!("Revoked key {} of user {}", k.id, k.user_id),
                 None => bail!("no key with id {id:?}: see `kiln keys list`"),
             }

@@ -9,7 +9,7 @@ use clap::Args;
 use kiln_api::{ApiConfig, AppState};
 use kiln_shared::adapters::Services;
 use kiln_shared::clock::{Clock, SystemClock};
-use kiln_shared::config::Settings;
+use kiln_shared::config::{process_env, Settings};
 use kiln_shared::providers::Providers;
 use kiln_worker::{Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -66,7 +66,9 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {} (KILN_ADDR)", settings.addr))?;
-    let addr = listener.local_addr().context("listener has no local address")?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
     let (shutdown, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -85,7 +87,9 @@ pub async fn start(
         ));
         let queue = services.jobs_queue.clone();
         let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { kiln_worker::run_pool(worker, queue, rx).await }));
+        tasks.push(tokio::spawn(async move {
+            kiln_worker::run_pool(worker, queue, rx).await
+        }));
     }
 
     let state = AppState {
@@ -102,11 +106,18 @@ pub async fn start(
         let stopped = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!(error = %e, "HTTP server stopped with an error");
         }
     }));
-    Ok(RunningServer { addr, shutdown, tasks })
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Runs `kiln serve` until Ctrl-C or SIGTERM.
@@ -121,7 +132,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     logging::init(settings.log_format);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let services = Services::from_settings(&settings, clock).await?;
-    let providers = Arc::new(Providers::local_only(settings.local_latency));
+    let providers = Arc::new(providers(&settings)?);
     let server = start(&settings, services, providers, !args.no_worker).await?;
     // The one line scripts and tests wait for; keep its shape.
     println!("kiln listening on http://{}", server.addr);
@@ -133,6 +144,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     server.wait_for_signal().await;
     Ok(())
+}
+
+/// The providers file's table, or the built-in renderer alone when there is no file.
+pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
+    match &settings.providers_file {
+        Some(path) => {
+            let http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(3))
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .context("cannot build the providers' HTTP client")?;
+            let providers = kiln_shared::providers::file::load(path, &process_env, http)?;
+            for e in providers.entries() {
+                tracing::info!(
+                    provider = e.provider.name(),
+                    cost = e.cost_per_image_usd,
+                    priority = e.priority,
+                    "provider configured"
+                );
+            }
+            Ok(providers)
+        }
+        None => Ok(Providers::local_only(settings.local_latency)),
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn submit_poll_success_download_and_decode() {
     let app = TestApp::spawn().await;
-    let resp = app.submit(json!({"prompt": "a lighthouse at dusk", "size": "512x512", "n": 2, "seed": 7})).await;
+    let resp = app
+        .submit(json!({"prompt": "a lighthouse at dusk", "size": "512x512", "n": 2, "seed": 7}))
+        .await;
     assert_eq!(resp.status(), 202);
     assert!(resp.headers().get("location").is_some(), "Location header");
     let job: Value = resp.json().await.unwrap();
@@ -29,7 +31,8 @@ async fn submit_poll_success_download_and_decode() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "image/png");
         let bytes = resp.bytes().await.unwrap();
-        let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).expect("a PNG");
+        let decoded =
+            image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).expect("a PNG");
         assert_eq!((decoded.width(), decoded.height()), (512, 512));
         assert_eq!(image["width"], 512);
         assert_eq!(image["bytes"], bytes.len());
@@ -37,7 +40,11 @@ async fn submit_poll_success_download_and_decode() {
     // A tampered signature is refused.
     let url = images[0]["url"].as_str().unwrap();
     let tampered = format!("{}0", &url[..url.len() - 1]);
-    let tampered = if tampered == url { format!("{}1", &url[..url.len() - 1]) } else { tampered };
+    let tampered = if tampered == url {
+        format!("{}1", &url[..url.len() - 1])
+    } else {
+        tampered
+    };
     assert_eq!(app.http.get(&tampered).send().await.unwrap().status(), 403);
     app.stop().await;
 }
@@ -60,7 +67,11 @@ async fn prefer_wait_answers_with_the_finished_job() {
     assert_eq!(job["images"].as_array().unwrap().len(), 1);
 
     // Without a worker the wait runs out and the job is still pending.
-    let idle = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let idle = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let started = std::time::Instant::now();
     let resp = idle
         .http
@@ -81,12 +92,21 @@ async fn prefer_wait_answers_with_the_finished_job() {
 
 #[tokio::test]
 async fn cancel_a_pending_job() {
-    let app = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let id = app.submit_ok(json!({"prompt": "never mind"})).await;
     let cancel = |id: String| {
         let app = &app;
         async move {
-            app.http.post(app.url(&format!("/v1/jobs/{id}/cancel"))).bearer_auth(&app.api_key).send().await.unwrap()
+            app.http
+                .post(app.url(&format!("/v1/jobs/{id}/cancel")))
+                .bearer_auth(&app.api_key)
+                .send()
+                .await
+                .unwrap()
         }
     };
     let resp = cancel(id.clone()).await;
@@ -100,20 +120,33 @@ async fn cancel_a_pending_job() {
 
 #[tokio::test]
 async fn list_pages_with_a_cursor_newest_first() {
-    let app = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..25 {
         ids.push(app.submit_ok(json!({"prompt": format!("job {i}")})).await);
     }
     // Someone else's job never shows up.
     let bob = app.new_key("bob", Tier::Standard).await;
-    assert_eq!(app.submit_as(&bob, json!({"prompt": "bob's"})).await.status(), 202);
+    assert_eq!(
+        app.submit_as(&bob, json!({"prompt": "bob's"}))
+            .await
+            .status(),
+        202
+    );
 
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let mut req = app.http.get(app.url("/v1/jobs")).bearer_auth(&app.api_key).query(&[("limit", "10")]);
+        let mut req = app
+            .http
+            .get(app.url("/v1/jobs"))
+            .bearer_auth(&app.api_key)
+            .query(&[("limit", "10")]);
         if let Some(c) = &cursor {
             req = req.query(&[("cursor", c)]);
         }
@@ -142,8 +175,19 @@ async fn list_pages_with_a_cursor_newest_first() {
         .await
         .unwrap();
     assert_eq!(pending["data"].as_array().unwrap().len(), 0);
-    for (query, field) in [("limit=0", "limit"), ("limit=101", "limit"), ("status=done", "status"), ("cursor=%21%21", "cursor")] {
-        let resp = app.http.get(app.url(&format!("/v1/jobs?{query}"))).bearer_auth(&app.api_key).send().await.unwrap();
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("status=done", "status"),
+        ("cursor=%21%21", "cursor"),
+    ] {
+        let resp = app
+            .http
+            .get(app.url(&format!("/v1/jobs?{query}")))
+            .bearer_auth(&app.api_key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 400, "{query}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["field"], field, "{query}: {body}");
@@ -153,45 +197,97 @@ async fn list_pages_with_a_cursor_newest_first() {
 
 #[tokio::test]
 async fn another_users_job_is_not_found() {
-    let app = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let id = app.submit_ok(json!({"prompt": "mine"})).await;
     let bob = app.new_key("bob", Tier::Vip).await;
-    let get = app.http.get(app.url(&format!("/v1/jobs/{id}"))).bearer_auth(&bob).send().await.unwrap();
+    let get = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 404);
     let body: Value = get.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    let cancel = app.http.post(app.url(&format!("/v1/jobs/{id}/cancel"))).bearer_auth(&bob).send().await.unwrap();
+    let cancel = app
+        .http
+        .post(app.url(&format!("/v1/jobs/{id}/cancel")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status(), 404);
-    assert_eq!(app.get_job(&id).await["status"], "pending", "bob's cancel changed nothing");
+    assert_eq!(
+        app.get_job(&id).await["status"],
+        "pending",
+        "bob's cancel changed nothing"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn missing_unknown_and_revoked_keys_are_401() {
-    let app = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let body = json!({"prompt": "p"});
-    let none = app.http.post(app.url("/v1/jobs")).json(&body).send().await.unwrap();
+    let none = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(none.status(), 401);
     assert!(none.headers().get("www-authenticate").is_some());
     let unknown = app.submit_as("kiln_not-a-real-key", body.clone()).await;
     assert_eq!(unknown.status(), 401);
-    let malformed = app.http.post(app.url("/v1/jobs")).header("Authorization", "Basic abc").json(&body).send().await.unwrap();
+    let malformed = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .header("Authorization", "Basic abc")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(malformed.status(), 401);
 
     let key = app.new_key("carol", Tier::Standard).await;
     assert_eq!(app.submit_as(&key, body.clone()).await.status(), 202);
     let keys = app.services.store.list_api_keys().await.unwrap();
     let carol = keys.iter().find(|k| k.user_id.as_str() == "carol").unwrap();
-    app.services.store.revoke_api_key(&carol.id, chrono::Utc::now()).await.unwrap().unwrap();
+    app.services
+        .store
+        .revoke_api_key(&carol.id, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(app.submit_as(&key, body).await.status(), 401);
-    let list = app.http.get(app.url("/v1/jobs")).bearer_auth(&key).send().await.unwrap();
+    let list = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(list.status(), 401);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn invalid_input_is_400_naming_the_field_and_stores_nothing() {
-    let app = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let cases = [
         (json!({"prompt": ""}), "prompt"),
         (json!({"prompt": "   "}), "prompt"),
@@ -213,9 +309,18 @@ async fn invalid_input_is_400_naming_the_field_and_stores_nothing() {
         let err: Value = resp.json().await.unwrap();
         assert_eq!(err["error"]["code"], "invalid_request", "{body}: {err}");
         if !field.is_empty() {
-            let named = err["error"]["field"].as_str().unwrap_or_default().to_owned();
-            let message = err["error"]["message"].as_str().unwrap_or_default().to_owned();
-            assert!(named == field || message.contains(field), "{body}: expected field {field}, got {err}");
+            let named = err["error"]["field"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let message = err["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                named == field || message.contains(field),
+                "{body}: expected field {field}, got {err}"
+            );
         }
     }
     let malformed = app
@@ -228,20 +333,49 @@ async fn invalid_input_is_400_naming_the_field_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(malformed.status(), 400);
-    assert_eq!(malformed.json::<Value>().await.unwrap()["error"]["code"], "invalid_request");
+    assert_eq!(
+        malformed.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_request"
+    );
 
     let huge = json!({"prompt": "x".repeat(200_000)});
     let too_large = app.submit(huge).await;
     assert_eq!(too_large.status(), 413);
-    assert_eq!(too_large.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
+    assert_eq!(
+        too_large.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
 
-    let text = app.http.post(app.url("/v1/jobs")).bearer_auth(&app.api_key).body("prompt=a").send().await.unwrap();
+    let text = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth(&app.api_key)
+        .body("prompt=a")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(text.status(), 415);
 
-    let list: Value =
-        app.http.get(app.url("/v1/jobs")).bearer_auth(&app.api_key).send().await.unwrap().json().await.unwrap();
-    assert_eq!(list["data"].as_array().unwrap().len(), 0, "nothing was stored");
-    assert_eq!(app.services.jobs_queue.depth().await.unwrap(), 0, "nothing was enqueued");
+    let list: Value = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
+    assert_eq!(
+        app.services.jobs_queue.depth().await.unwrap(),
+        0,
+        "nothing was enqueued"
+    );
     app.stop().await;
 }
 
@@ -292,11 +426,18 @@ async fn seed_routes_run_over_the_same_pipeline() {
 
 #[tokio::test]
 async fn healthz_and_unknown_routes() {
-    let app = TestApp::spawn_with(TestOptions { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let missing = app.http.get(app.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
-    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
     app.stop().await;
 }

@@ -40,7 +40,11 @@ pub struct TestOptions {
 
 impl Default for TestOptions {
     fn default() -> Self {
-        Self { worker: true, env: Vec::new(), providers: None }
+        Self {
+            worker: true,
+            env: Vec::new(),
+            providers: None,
+        }
     }
 }
 
@@ -78,14 +82,29 @@ impl TestApp {
         for (k, v) in opts.env {
             vars.insert(k.into(), v);
         }
-        let settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid");
+        let settings =
+            Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let services = Services::from_settings(&settings, clock).await.expect("backend opens");
-        let providers = opts.providers.unwrap_or_else(|| Providers::local_only(settings.local_latency));
-        let server = start(&settings, services.clone(), Arc::new(providers), opts.worker).await.expect("server starts");
+        let services = Services::from_settings(&settings, clock)
+            .await
+            .expect("backend opens");
+        let providers = opts
+            .providers
+            .unwrap_or_else(|| Providers::local_only(settings.local_latency));
+        let server = start(
+            &settings,
+            services.clone(),
+            Arc::new(providers),
+            opts.worker,
+        )
+        .await
+        .expect("server starts");
         let mut app = Self {
             base_url: format!("http://{}", server.addr),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
             services,
             settings,
             api_key: String::new(),
@@ -105,8 +124,16 @@ impl TestApp {
 
     /// Creates an API key for `user`.
     pub async fn new_key(&self, user: &str, tier: Tier) -> String {
-        let (key, record) = ApiKeyRecord::issue(UserId::parse(user).expect("user"), tier, self.services.clock.now());
-        self.services.store.insert_api_key(&record).await.expect("key stored");
+        let (key, record) = ApiKeyRecord::issue(
+            UserId::parse(user).expect("user"),
+            tier,
+            self.services.clock.now(),
+        );
+        self.services
+            .store
+            .insert_api_key(&record)
+            .await
+            .expect("key stored");
         key.expose().to_owned()
     }
 
@@ -122,7 +149,13 @@ impl TestApp {
 
     /// `POST /v1/jobs` with `key`.
     pub async fn submit_as(&self, key: &str, body: Value) -> reqwest::Response {
-        self.http.post(self.url("/v1/jobs")).bearer_auth(key).json(&body).send().await.expect("submit")
+        self.http
+            .post(self.url("/v1/jobs"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("submit")
     }
 
     /// Submits and returns the new job's id; panics unless the answer is 202.
@@ -135,7 +168,13 @@ impl TestApp {
 
     /// `GET /v1/jobs/{id}` as alice, as JSON.
     pub async fn get_job(&self, id: &str) -> Value {
-        let resp = self.http.get(self.url(&format!("/v1/jobs/{id}"))).bearer_auth(&self.api_key).send().await.expect("get");
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("get");
         assert_eq!(resp.status(), 200, "get {id}");
         resp.json().await.expect("job json")
     }
@@ -145,10 +184,17 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let job = self.get_job(id).await;
-            if matches!(job["status"].as_str(), Some("success" | "failed" | "canceled")) {
+            if matches!(
+                job["status"].as_str(),
+                Some("success" | "failed" | "canceled")
+            ) {
                 return job;
             }
-            assert!(tokio::time::Instant::now() < deadline, "job {id} still {} after {timeout:?}", job["status"]);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} still {} after {timeout:?}",
+                job["status"]
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -22,7 +22,10 @@ pub fn kiln_command(bin: &Path, data_dir: &Path, env: &[(&str, String)]) -> Comm
             cmd.env_remove(k);
         }
     }
-    cmd.env("KILN_DATA_DIR", data_dir).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+    cmd.env("KILN_DATA_DIR", data_dir).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -37,9 +40,18 @@ impl KilnProcess {
     }
 
     /// Starts `kiln serve ARGS` on a free port and waits for its "listening" line.
-    pub async fn start_with_args(bin: &Path, data_dir: &Path, env: &[(&str, String)], args: &[&str]) -> Self {
+    pub async fn start_with_args(
+        bin: &Path,
+        data_dir: &Path,
+        env: &[(&str, String)],
+        args: &[&str],
+    ) -> Self {
         let mut cmd = kiln_command(bin, data_dir, env);
-        cmd.arg("serve").arg("--addr").arg("127.0.0.1:0").args(args).stdout(Stdio::piped());
+        cmd.arg("serve")
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .stdout(Stdio::piped());
         if std::env::var_os("TEST_LOG").is_none() {
             cmd.stderr(Stdio::null());
         }
@@ -51,7 +63,11 @@ impl KilnProcess {
             .expect("kiln prints its address within 60 s")
             .expect("stdout readable")
             .expect("kiln printed a line");
-        let base_url = line.strip_prefix("kiln listening on ").expect("listening line").trim().to_owned();
+        let base_url = line
+            .strip_prefix("kiln listening on ")
+            .expect("listening line")
+            .trim()
+            .to_owned();
         // Keep draining stdout so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self { child, base_url }

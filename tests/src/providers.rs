@@ -19,7 +19,13 @@ impl Counting {
     /// Wraps `inner`; the returned counter sees every call.
     pub fn wrap(inner: Arc<dyn ImageProvider>) -> (Self, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
-        (Self { inner, calls: calls.clone() }, calls)
+        (
+            Self {
+                inner,
+                calls: calls.clone(),
+            },
+            calls,
+        )
     }
 
     /// A routing table with this provider alone, for both tiers, at `cost` per image.
@@ -39,7 +45,11 @@ impl ImageProvider for Counting {
         self.inner.name()
     }
 
-    async fn generate(&self, req: &GenerationRequest, deadline: Instant) -> Result<Vec<GeneratedImage>, ProviderError> {
+    async fn generate(
+        &self,
+        req: &GenerationRequest,
+        deadline: Instant,
+    ) -> Result<Vec<GeneratedImage>, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.generate(req, deadline).await
     }
