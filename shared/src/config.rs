@@ -89,6 +89,48 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The AWS resources the `aws` backend runs on, each from a `KILN_*` variable that is required
+/// when `KILN_BACKEND=aws`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsResources {
+    /// `KILN_TABLE`: the DynamoDB table of jobs and API keys.
+    pub table: String,
+    /// `KILN_JOBS_QUEUE_URL`: the SQS jobs queue.
+    pub jobs_queue_url: String,
+    /// `KILN_JOBS_DLQ_URL`: the jobs queue's dead-letter queue.
+    pub jobs_dlq_url: String,
+    /// `KILN_WEBHOOKS_QUEUE_URL`: the SQS queue of webhook events.
+    pub webhooks_queue_url: String,
+    /// `KILN_WEBHOOKS_DLQ_URL`: the webhook queue's dead-letter queue.
+    pub webhooks_dlq_url: String,
+    /// `KILN_BUCKET`: the S3 bucket of images.
+    pub bucket: String,
+}
+
+impl AwsResources {
+    fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<Self, ConfigError> {
+        let url = |var: &str| {
+            let u = env.required(var, "KILN_BACKEND=aws")?;
+            if u.starts_with("https://") || u.starts_with("http://") {
+                Ok(u)
+            } else {
+                Err(ConfigError::new(
+                    var,
+                    format!("must be an SQS queue URL starting with https:// (got {u:?})"),
+                ))
+            }
+        };
+        Ok(Self {
+            table: env.required("KILN_TABLE", "KILN_BACKEND=aws")?,
+            jobs_queue_url: url("KILN_JOBS_QUEUE_URL")?,
+            jobs_dlq_url: url("KILN_JOBS_DLQ_URL")?,
+            webhooks_queue_url: url("KILN_WEBHOOKS_QUEUE_URL")?,
+            webhooks_dlq_url: url("KILN_WEBHOOKS_DLQ_URL")?,
+            bucket: env.required("KILN_BUCKET", "KILN_BACKEND=aws")?,
+        })
+    }
+}
+
 /// Every setting of a Kiln process.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -127,6 +169,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `KILN_LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
+    /// The AWS resource names; `Some` exactly when `backend` is `aws`.
+    pub aws: Option<AwsResources>,
 }
 
 impl Settings {
@@ -183,8 +227,13 @@ impl Settings {
             Some(p) => Some(PathBuf::from(p)),
             None => Some(PathBuf::from("providers.toml")).filter(|p| p.exists()),
         };
+        let backend = env.parse("KILN_BACKEND", Backend::Local)?;
+        let aws = match backend {
+            Backend::Aws => Some(AwsResources::from_env(&env)?),
+            Backend::Local => None,
+        };
         Ok(Self {
-            backend: env.parse("KILN_BACKEND", Backend::Local)?,
+            backend,
             addr: env.parse("KILN_ADDR", SocketAddr::from(([127, 0, 0, 1], 3000)))?,
             data_dir: env
                 .text("KILN_DATA_DIR")
@@ -203,6 +252,7 @@ impl Settings {
             url_signing_secret: env.text("KILN_URL_SIGNING_SECRET").map(Secret::new),
             max_body_bytes: env.parse("KILN_MAX_BODY_BYTES", 64 * 1024usize)?,
             log_format: env.parse("KILN_LOG_FORMAT", LogFormat::Pretty)?,
+            aws,
         })
     }
 }
@@ -214,6 +264,11 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         (self.0)(var)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, var: &str, because: &str) -> Result<String, ConfigError> {
+        self.text(var)
+            .ok_or_else(|| ConfigError::new(var, format!("is required when {because}")))
     }
 
     fn parse<T: FromStr>(&self, var: &str, default: T) -> Result<T, ConfigError>
@@ -277,6 +332,45 @@ mod tests {
             let err = settings(&[(var, val)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");
         }
+    }
+
+    const AWS_VARS: [(&str, &str); 7] = [
+        ("KILN_BACKEND", "aws"),
+        ("KILN_TABLE", "kiln"),
+        ("KILN_JOBS_QUEUE_URL", "https://sqs.test/1/jobs"),
+        ("KILN_JOBS_DLQ_URL", "https://sqs.test/1/jobs-dlq"),
+        ("KILN_WEBHOOKS_QUEUE_URL", "https://sqs.test/1/hooks"),
+        ("KILN_WEBHOOKS_DLQ_URL", "https://sqs.test/1/hooks-dlq"),
+        ("KILN_BUCKET", "kiln-images"),
+    ];
+
+    #[test]
+    fn aws_resources_are_read_only_for_the_aws_backend() {
+        let s = settings(&AWS_VARS).unwrap();
+        let aws = s.aws.unwrap();
+        assert_eq!(aws.table, "kiln");
+        assert_eq!(aws.webhooks_dlq_url, AWS_VARS[5].1);
+        assert_eq!(aws.bucket, "kiln-images");
+        // The local backend needs none of them and ignores them.
+        assert!(settings(&AWS_VARS[1..]).unwrap().aws.is_none());
+    }
+
+    #[test]
+    fn each_missing_aws_resource_is_named() {
+        for (missing, (var, _)) in AWS_VARS.iter().enumerate().skip(1) {
+            let vars: Vec<_> = AWS_VARS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != missing)
+                .map(|(_, v)| *v)
+                .collect();
+            let err = settings(&vars).expect_err(var);
+            assert_eq!(err.var, *var, "{err}");
+            assert!(err.message.contains("KILN_BACKEND=aws"), "{err}");
+        }
+        let mut vars = AWS_VARS.to_vec();
+        vars[2] = ("KILN_JOBS_QUEUE_URL", "jobs");
+        assert_eq!(settings(&vars).unwrap_err().var, "KILN_JOBS_QUEUE_URL");
     }
 
     #[test]

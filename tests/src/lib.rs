@@ -2,5 +2,6 @@
 
 pub mod app;
 pub mod contract;
+pub mod moto;
 pub mod process;
 pub mod providers;

@@ -1,6 +1,8 @@
 //! Adapters of the ports: `local` (SQLite and files) and, later, `aws`; and [`Services`], the
 //! set of adapters a process runs on, built once from [`Settings`].
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;
 
@@ -60,6 +62,10 @@ impl Services {
                     clock,
                 })
             }
+            #[cfg(feature = "aws")]
+            Backend::Aws => Ok(aws::AwsBackend::connect(settings)
+                .await?
+                .into_services(clock)),
             #[allow(unreachable_patterns)]
             other => Err(ConfigError::new(
                 "KILN_BACKEND",
