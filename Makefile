@@ -10,7 +10,7 @@ export KILN_ADDR
 .PHONY: help run build test lint fmt clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 build: ## Build every crate (debug, dependencies optimised)
 	$(CARGO) build --workspace --locked
@@ -28,11 +28,12 @@ run: ## Build and start Kiln on http://127.0.0.1:3000 (embedded backend, built-i
 	@echo
 	./target/debug/kiln serve
 
-test: ## Run every test (unit, integration, end-to-end)
+test: venv ## Run every test: unit, integration, end to end, AWS adapters on moto, the SAM template's linters
 	$(CARGO) build --workspace --all-targets --locked
 	$(CARGO) test --workspace --locked --no-fail-fast
+	$(MAKE) --no-print-directory lint-infra
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: lint-infra ## rustfmt, clippy (warnings are errors), cfn-lint and checkov
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
@@ -42,3 +43,5 @@ fmt: ## Format the code
 clean: ## Remove build output and local data
 	$(CARGO) clean
 	rm -rf .kiln kiln-images
+
+include tools/make/aws.mk

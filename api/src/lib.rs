@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/images/{*key}", get(routes::images::get))
+        .route("/v1/usage", get(routes::usage::get))
         .route("/healthz", get(routes::health))
         .method_not_allowed_fallback(routes::method_not_allowed);
     // The fallback is set before the layer so that a wrong method gets the seed envelope too.

@@ -295,6 +295,12 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
     }
 }
 
+/// Looks a variable up in the process environment; for settings that name other variables
+/// (a provider's `api_key_env`).
+pub fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

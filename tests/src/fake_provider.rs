@@ -152,7 +152,7 @@ fn parse_size(s: &str) -> (u32, u32) {
 }
 
 /// Fails for everything but success shapes; returns `None` when the caller should answer with an image.
-async fn failure(b: &Behavior) -> Option<Response> {
+async fn failure(b: &Behavior, headers: &HeaderMap) -> Option<Response> {
     match b {
         Behavior::Ok | Behavior::OkUrl => None,
         Behavior::Slow(d) => {
@@ -185,7 +185,11 @@ async fn failure(b: &Behavior) -> Option<Response> {
             )
                 .into_response(),
         ),
-        Behavior::Unauthorized => Some((StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"message": "Incorrect API key provided"}}))).into_response()),
+        Behavior::Unauthorized => {
+            // Like some real providers, echo the key back: Kiln must scrub it.
+            let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").trim_start_matches("Bearer ").to_owned();
+            Some((StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"message": format!("Incorrect API key provided: {presented}")}}))).into_response())
+        }
     }
 }
 
@@ -195,7 +199,7 @@ async fn openai(
     body: Bytes,
 ) -> Response {
     let behavior = next(&inner, "/v1/images/generations", &headers, body.clone());
-    if let Some(r) = failure(&behavior).await {
+    if let Some(r) = failure(&behavior, &headers).await {
         return r;
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -224,7 +228,7 @@ async fn stability(
         &headers,
         body.clone(),
     );
-    if let Some(r) = failure(&behavior).await {
+    if let Some(r) = failure(&behavior, &headers).await {
         return r;
     }
     if matches!(behavior, Behavior::InvalidImage) {

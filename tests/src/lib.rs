@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod contract;
+pub mod fake_provider;
 pub mod moto;
 pub mod process;
 pub mod providers;

@@ -357,3 +357,26 @@ priority = 9
         assert!(parse_timeout(&toml::Value::String("2h".into())).is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn the_committed_example_loads_and_routes_as_documented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../providers.example.toml");
+        let env = |k: &str| k.ends_with("_API_KEY").then(|| "k".to_owned());
+        let p = load(&path, &env, reqwest::Client::new()).expect("the example file is valid");
+        let names = |t| {
+            p.route(t)
+                .iter()
+                .map(|e| e.provider.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(Tier::Vip),
+            ["stability", "deepseek", "doubao", "local"]
+        );
+        assert_eq!(names(Tier::Standard), ["local", "deepseek", "stability"]);
+    }
+}
