@@ -2,5 +2,6 @@
 
 mod api_e2e;
 mod cli;
+mod contract_aws;
 mod contract_local;
 mod durability;
