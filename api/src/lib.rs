@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod body;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod error;
 pub mod prefer;
 pub mod routes;

@@ -1,8 +1,8 @@
 //! `kiln`: run Kiln locally (`serve`), manage API keys, and submit and inspect jobs over HTTP.
 
+mod aws;
 mod client;
 mod keys;
-mod logging;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +27,11 @@ Client commands talk to KILN_URL (default http://127.0.0.1:3000) with KILN_API_K
 enum Command {
     /// Run the API, the worker pool and the local storage in one process.
     Serve(serve::ServeArgs),
+    /// Run the worker pool alone (no API), on either backend: for ECS, EC2 or a second process.
+    Worker(serve::WorkerArgs),
+    /// Create the AWS resources (table, queues, bucket) on the configured endpoint.
+    #[command(subcommand)]
+    Aws(aws::AwsCommand),
     /// Create, list and revoke API keys (talks to the backend's store directly).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -65,6 +70,8 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Worker(args) => serve::run_worker(args).await,
+        Command::Aws(cmd) => aws::run(cmd).await,
         Command::Keys(cmd) => keys::run(cmd).await,
         Command::Submit(args) => client::submit(args).await,
         Command::Get(args) => client::get(args).await,

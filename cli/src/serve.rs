@@ -9,13 +9,13 @@ use clap::Args;
 use kiln_api::{ApiConfig, AppState};
 use kiln_shared::adapters::Services;
 use kiln_shared::clock::{Clock, SystemClock};
-use kiln_shared::config::{process_env, Settings};
+use kiln_shared::config::Settings;
 use kiln_shared::providers::Providers;
 use kiln_worker::{Worker, WorkerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::logging;
+use kiln_shared::logging;
 
 /// Options of `kiln serve`; each overrides its environment variable.
 #[derive(Debug, Args)]
@@ -29,6 +29,14 @@ pub struct ServeArgs {
     /// Run the API only, without the worker pool.
     #[arg(long)]
     no_worker: bool,
+}
+
+/// Options of `kiln worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Directory of the local backend's database and images [env: KILN_DATA_DIR, default ./.kiln].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// A running server: its address and the handle that stops it.
@@ -73,23 +81,7 @@ pub async fn start(
     let mut tasks = Vec::new();
 
     if with_worker {
-        let worker = Arc::new(Worker::new(
-            services.store.clone(),
-            services.blobs.clone(),
-            providers,
-            services.clock.clone(),
-            WorkerConfig {
-                lease: settings.lease,
-                job_timeout: settings.job_timeout,
-                max_receive_count: settings.max_receive_count,
-                concurrency: settings.worker_concurrency,
-            },
-        ));
-        let queue = services.jobs_queue.clone();
-        let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            kiln_worker::run_pool(worker, queue, rx).await
-        }));
+        tasks.push(spawn_worker(settings, &services, providers, stop_rx.clone()));
     }
 
     let state = AppState {
@@ -120,6 +112,49 @@ pub async fn start(
     })
 }
 
+/// Starts the worker pool over `services`; it stops when `stop` turns true.
+fn spawn_worker(
+    settings: &Settings,
+    services: &Services,
+    providers: Arc<Providers>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let worker = Arc::new(Worker::new(
+        services.store.clone(),
+        services.blobs.clone(),
+        providers,
+        services.clock.clone(),
+        WorkerConfig {
+            lease: settings.lease,
+            job_timeout: settings.job_timeout,
+            max_receive_count: settings.max_receive_count,
+            concurrency: settings.worker_concurrency,
+        },
+    ));
+    let queue = services.jobs_queue.clone();
+    tokio::spawn(async move { kiln_worker::run_pool(worker, queue, stop).await })
+}
+
+/// Runs `kiln worker` until Ctrl-C or SIGTERM.
+pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::from_env()?;
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    logging::init(settings.log_format);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let services = Services::from_settings(&settings, clock).await?;
+    let providers = Arc::new(kiln_shared::providers::file::from_settings(&settings)?);
+    let (stop, stop_rx) = watch::channel(false);
+    let pool = spawn_worker(&settings, &services, providers, stop_rx);
+    tracing::info!(concurrency = settings.worker_concurrency, "kiln worker started");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight jobs");
+    let _ = stop.send(true);
+    let _ = pool.await;
+    Ok(())
+}
+
 /// Runs `kiln serve` until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
@@ -132,7 +167,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     logging::init(settings.log_format);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let services = Services::from_settings(&settings, clock).await?;
-    let providers = Arc::new(providers(&settings)?);
+    let providers = Arc::new(kiln_shared::providers::file::from_settings(&settings)?);
     let server = start(&settings, services, providers, !args.no_worker).await?;
     // The one line scripts and tests wait for; keep its shape.
     println!("kiln listening on http://{}", server.addr);
@@ -144,30 +179,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     server.wait_for_signal().await;
     Ok(())
-}
-
-/// The providers file's table, or the built-in renderer alone when there is no file.
-pub fn providers(settings: &Settings) -> anyhow::Result<Providers> {
-    match &settings.providers_file {
-        Some(path) => {
-            let http = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::limited(3))
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()
-                .context("cannot build the providers' HTTP client")?;
-            let providers = kiln_shared::providers::file::load(path, &process_env, http)?;
-            for e in providers.entries() {
-                tracing::info!(
-                    provider = e.provider.name(),
-                    cost = e.cost_per_image_usd,
-                    priority = e.priority,
-                    "provider configured"
-                );
-            }
-            Ok(providers)
-        }
-        None => Ok(Providers::local_only(settings.local_latency)),
-    }
 }
 
 async fn shutdown_signal() {

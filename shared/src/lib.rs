@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod images;
+pub mod logging;
 pub mod ports;
 pub mod providers;
 pub mod url_signing;

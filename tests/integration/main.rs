@@ -5,3 +5,5 @@ mod cli;
 mod contract_aws;
 mod contract_local;
 mod durability;
+mod lambda;
+mod providers;

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod contract;
 pub mod fake_provider;
+pub mod lambda_runtime;
 pub mod moto;
 pub mod process;
 pub mod providers;

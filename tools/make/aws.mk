@@ -79,7 +79,7 @@ lint-infra: $(VENV_STAMP) ## cfn-lint and checkov on the SAM template and on its
 # environment's PATH) and adds the Rust target itself (rustup target add) on first use.
 build-lambda: $(DEPLOY_VENV_STAMP) ## Release Lambda binaries (LAMBDA_ARCH=arm64|x86_64) in target/lambda/<bin>/bootstrap
 	cd $(KILN_ROOT) && for bin in $(LAMBDA_BINS); do \
-	  PATH="$(DEPLOY_VENV)/bin:$$PATH" cargo lambda build --release $(call lambda_arch_flag,$(LAMBDA_ARCH)) --bin $$bin || exit 1; \
+	  PATH="$(DEPLOY_VENV)/bin:$$PATH" cargo lambda build --release $(call lambda_arch_flag,$(LAMBDA_ARCH)) --features kiln-api/lambda,kiln-worker/lambda --bin $$bin || exit 1; \
 	done
 	@if [ -f "$(PROVIDERS_FILE)" ]; then \
 	  for bin in $(LAMBDA_BINS); do cp "$(PROVIDERS_FILE)" $(KILN_ROOT)/target/lambda/$$bin/providers.toml; done; \

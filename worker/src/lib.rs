@@ -1,11 +1,14 @@
 //! Kiln's worker: the batch processor that runs job messages, and the local feed that drives it
-//! from the embedded queue. The Lambda main (later) feeds the same processor from SQS events.
+//! from the embedded queue. The Lambda main ([`lambda`], feature `lambda`) feeds the same
+//! processor from SQS events.
 //!
 //! The unit is one job message ([`Worker::process_message`]); [`batch::run_batch`] runs a batch
 //! of them concurrently and returns the ids that must come back, as SQS `batchItemFailures`
 //! expects.
 
 pub mod batch;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod pool;
 pub mod worker;
 

@@ -97,6 +97,24 @@ fn parse_timeout(v: &toml::Value) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The routing table a process runs with: the providers file if settings name one (or
+/// `providers.toml` exists), else the built-in renderer alone. Keys come from the environment.
+pub fn from_settings(settings: &crate::config::Settings) -> Result<Providers, ConfigError> {
+    let Some(path) = &settings.providers_file else {
+        return Ok(Providers::local_only(settings.local_latency));
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ConfigError::new("KILN_PROVIDERS", format!("cannot build the HTTP client: {e}")))?;
+    let providers = load(path, &crate::config::process_env, http)?;
+    for e in providers.entries() {
+        tracing::info!(provider = e.provider.name(), cost = e.cost_per_image_usd, priority = e.priority, "provider configured");
+    }
+    Ok(providers)
+}
+
 /// Reads and checks the providers file at `path`; `env` resolves `api_key_env` names.
 pub fn load(
     path: &Path,

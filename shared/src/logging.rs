@@ -1,6 +1,6 @@
 //! Log setup: readable lines locally, JSON with `KILN_LOG_FORMAT=json`; level from `RUST_LOG`.
 
-use kiln_shared::config::LogFormat;
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for command output.

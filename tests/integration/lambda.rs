@@ -1,0 +1,194 @@
+//! The Lambda binaries as real processes against a Runtime API emulator, on moto: an HTTP API v2
+//! event through the API function, an SQS batch through the worker function.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_shared::adapters::Services;
+use kiln_shared::clock::{Clock, SystemClock};
+use kiln_shared::domain::{ApiKeyRecord, Job, JobStatus, NewJob, SubmitJob, Tier, UserId};
+use kiln_shared::ports::JobMessage;
+use kiln_tests::lambda_runtime::{peak_rss_kib, Answer, RuntimeApi};
+use kiln_tests::moto::{moto, TestAws};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+const API_BIN: &str = env!("CARGO_BIN_EXE_kiln-api-lambda-under-test");
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_kiln-worker-lambda-under-test");
+
+/// Starts a Lambda binary on `aws`'s resources, talking to `rt`.
+fn spawn(bin: &str, function: &str, rt: &RuntimeApi, aws: &TestAws, endpoint: &str) -> Child {
+    let mut cmd = Command::new(Path::new(bin));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KILN_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let r = &aws.resources;
+    cmd.envs(rt.env(function))
+        .env("KILN_BACKEND", "aws")
+        .env("KILN_TABLE", &r.table)
+        .env("KILN_JOBS_QUEUE_URL", &r.jobs_queue_url)
+        .env("KILN_JOBS_DLQ_URL", &r.jobs_dlq_url)
+        .env("KILN_WEBHOOKS_QUEUE_URL", &r.webhooks_queue_url)
+        .env("KILN_WEBHOOKS_DLQ_URL", &r.webhooks_dlq_url)
+        .env("KILN_BUCKET", &r.bucket)
+        .env("KILN_LOG_FORMAT", "json")
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", kiln_tests::moto::REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    if std::env::var_os("TEST_LOG").is_none() {
+        cmd.stderr(Stdio::null());
+    }
+    cmd.spawn().expect("the Lambda binary starts")
+}
+
+fn http_event(method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Value {
+    let mut headers = json!({"host": "kiln.execute-api.ap-northeast-1.amazonaws.com", "user-agent": "test"});
+    if let Some(k) = key {
+        headers["authorization"] = json!(format!("Bearer {k}"));
+    }
+    if body.is_some() {
+        headers["content-type"] = json!("application/json");
+    }
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "kiln",
+            "domainName": "kiln.execute-api.ap-northeast-1.amazonaws.com",
+            "domainPrefix": "kiln",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
+            "requestId": uuid::Uuid::new_v4().to_string(),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "25/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1_795_000_000_000u64
+        },
+        "body": body.map(|b| b.to_string()),
+        "isBase64Encoded": false
+    })
+}
+
+fn response(answer: Answer) -> (u64, Value) {
+    let Answer::Response(r) = answer else { panic!("the function reported an error: {answer:?}") };
+    let status = r["statusCode"].as_u64().expect("statusCode");
+    let body = r["body"].as_str().map(|b| serde_json::from_str(b).unwrap_or(Value::String(b.to_owned()))).unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_api_function_answers_http_api_v2_events() {
+    let moto = moto().await;
+    let aws = moto.fresh(&[]).await;
+    let services: Services = aws.services(Arc::new(SystemClock));
+    let (key, record) = ApiKeyRecord::issue(UserId::parse("lena").unwrap(), Tier::Standard, SystemClock.now());
+    services.store.insert_api_key(&record).await.unwrap();
+
+    let rt = RuntimeApi::start().await;
+    let child = spawn(API_BIN, "kiln-api", &rt, &aws, moto.endpoint());
+    let init = rt.wait_ready(Duration::from_secs(30)).await;
+
+    let (status, body) = response(rt.invoke(http_event("GET", "/healthz", None, None), Duration::from_secs(10)).await);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+
+    let submit = http_event("POST", "/v1/jobs", Some(key.expose()), Some(json!({"prompt": "a lambda", "size": "256x256"})));
+    let (status, job) = response(rt.invoke(submit, Duration::from_secs(10)).await);
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["status"], "pending");
+    assert!(job["urls"]["self"].as_str().unwrap().starts_with("http://kiln.execute-api."), "{job}");
+    let id: kiln_shared::domain::JobId = job["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(services.store.get(&id).await.unwrap().unwrap().status, JobStatus::Pending);
+    assert_eq!(services.jobs_queue.depth().await.unwrap(), 1, "enqueued on SQS");
+
+    let bad = http_event("POST", "/v1/jobs", Some(key.expose()), Some(json!({"prompt": "x", "n": 9})));
+    let (status, err) = response(rt.invoke(bad, Duration::from_secs(10)).await);
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("n")));
+    let (status, _) = response(rt.invoke(http_event("GET", "/v1/jobs", None, None), Duration::from_secs(10)).await);
+    assert_eq!(status, 401);
+
+    let rss = child.id().and_then(peak_rss_kib);
+    eprintln!("api function: init {init:?}, peak RSS {rss:?} KiB");
+}
+
+fn sqs_record(id: &str, body: &str, receive_count: u32) -> Value {
+    json!({
+        "messageId": id,
+        "receiptHandle": format!("handle-{id}"),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": receive_count.to_string(),
+            "SentTimestamp": "1795000000000",
+            "SenderId": "000000000000",
+            "ApproximateFirstReceiveTimestamp": "1795000000001"
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:ap-northeast-1:000000000000:kiln-jobs",
+        "awsRegion": "ap-northeast-1"
+    })
+}
+
+async fn pending_job(services: &Services) -> Job {
+    let (request, _) = SubmitJob { prompt: Some("an sqs batch".into()), size: Some("256x256".into()), ..Default::default() }
+        .validate()
+        .unwrap();
+    let job = Job::new(
+        NewJob { user_id: UserId::parse("lena").unwrap(), tier: Tier::Standard, request, webhook: None, metadata: None },
+        SystemClock.now(),
+        Duration::from_secs(3600),
+    );
+    services.store.insert(&job).await.unwrap();
+    job
+}
+
+#[tokio::test]
+async fn the_worker_function_reports_exactly_the_poisoned_message() {
+    let moto = moto().await;
+    let aws = moto.fresh(&[]).await;
+    let services = aws.services(Arc::new(SystemClock));
+    let good = pending_job(&services).await;
+    // A job that already ended: its redelivered message must be acknowledged, not run again.
+    let done = pending_job(&services).await;
+    let claimed = done.claim(SystemClock.now(), Duration::from_secs(60)).unwrap();
+    services.store.update(&claimed).await.unwrap();
+    let token = claimed.lease.unwrap().token;
+    let finished = claimed.succeed(token, "earlier".into(), vec![], vec![], SystemClock.now()).unwrap();
+    services.store.update(&finished).await.unwrap();
+
+    let rt = RuntimeApi::start().await;
+    let child = spawn(WORKER_BIN, "kiln-worker", &rt, &aws, moto.endpoint());
+    let init = rt.wait_ready(Duration::from_secs(30)).await;
+    let event = json!({"Records": [
+        sqs_record("good-1", &JobMessage { job_id: good.id }.encode(), 1),
+        sqs_record("poison-1", "{not json", 1),
+        sqs_record("done-1", &JobMessage { job_id: done.id }.encode(), 2),
+    ]});
+    let answer = rt.invoke(event, Duration::from_secs(30)).await;
+    let Answer::Response(body) = answer else { panic!("worker errored: {answer:?}") };
+    assert_eq!(body, json!({"batchItemFailures": [{"itemIdentifier": "poison-1"}]}));
+
+    let good = services.store.get(&good.id).await.unwrap().unwrap();
+    assert_eq!(good.status, JobStatus::Success, "{good:?}");
+    let image = services.blobs.get(&good.images[0].key).await.unwrap().expect("the image is in S3");
+    assert_eq!(image.content_type, "image/png");
+    let decoded = image::load_from_memory(&image.bytes).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (256, 256));
+    let done = services.store.get(&done.id).await.unwrap().unwrap();
+    assert_eq!((done.status, done.provider.as_deref(), done.runs), (JobStatus::Success, Some("earlier"), 1));
+
+    let rss = child.id().and_then(peak_rss_kib);
+    eprintln!("worker function: init {init:?}, peak RSS {rss:?} KiB");
+}
