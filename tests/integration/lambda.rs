@@ -36,7 +36,10 @@ fn spawn(bin: &str, function: &str, rt: &RuntimeApi, aws: &TestAws, endpoint: &s
         .env("KILN_WEBHOOKS_DLQ_URL", &r.webhooks_dlq_url)
         .env("KILN_BUCKET", &r.bucket)
         .env("KILN_LOG_FORMAT", "json")
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_REGION", kiln_tests::moto::REGION)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -51,7 +54,8 @@ fn spawn(bin: &str, function: &str, rt: &RuntimeApi, aws: &TestAws, endpoint: &s
 }
 
 fn http_event(method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Value {
-    let mut headers = json!({"host": "kiln.execute-api.ap-northeast-1.amazonaws.com", "user-agent": "test"});
+    let mut headers =
+        json!({"host": "kiln.execute-api.ap-northeast-1.amazonaws.com", "user-agent": "test"});
     if let Some(k) = key {
         headers["authorization"] = json!(format!("Bearer {k}"));
     }
@@ -82,9 +86,14 @@ fn http_event(method: &str, path: &str, key: Option<&str>, body: Option<Value>) 
 }
 
 fn response(answer: Answer) -> (u64, Value) {
-    let Answer::Response(r) = answer else { panic!("the function reported an error: {answer:?}") };
+    let Answer::Response(r) = answer else {
+        panic!("the function reported an error: {answer:?}")
+    };
     let status = r["statusCode"].as_u64().expect("statusCode");
-    let body = r["body"].as_str().map(|b| serde_json::from_str(b).unwrap_or(Value::String(b.to_owned()))).unwrap_or(Value::Null);
+    let body = r["body"]
+        .as_str()
+        .map(|b| serde_json::from_str(b).unwrap_or(Value::String(b.to_owned())))
+        .unwrap_or(Value::Null);
     (status, body)
 }
 
@@ -93,29 +102,68 @@ async fn the_api_function_answers_http_api_v2_events() {
     let moto = moto().await;
     let aws = moto.fresh(&[]).await;
     let services: Services = aws.services(Arc::new(SystemClock));
-    let (key, record) = ApiKeyRecord::issue(UserId::parse("lena").unwrap(), Tier::Standard, SystemClock.now());
+    let (key, record) = ApiKeyRecord::issue(
+        UserId::parse("lena").unwrap(),
+        Tier::Standard,
+        SystemClock.now(),
+    );
     services.store.insert_api_key(&record).await.unwrap();
 
     let rt = RuntimeApi::start().await;
     let child = spawn(API_BIN, "kiln-api", &rt, &aws, moto.endpoint());
     let init = rt.wait_ready(Duration::from_secs(30)).await;
 
-    let (status, body) = response(rt.invoke(http_event("GET", "/healthz", None, None), Duration::from_secs(10)).await);
+    let (status, body) = response(
+        rt.invoke(
+            http_event("GET", "/healthz", None, None),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 
-    let submit = http_event("POST", "/v1/jobs", Some(key.expose()), Some(json!({"prompt": "a lambda", "size": "256x256"})));
+    let submit = http_event(
+        "POST",
+        "/v1/jobs",
+        Some(key.expose()),
+        Some(json!({"prompt": "a lambda", "size": "256x256"})),
+    );
     let (status, job) = response(rt.invoke(submit, Duration::from_secs(10)).await);
     assert_eq!(status, 202, "{job}");
     assert_eq!(job["status"], "pending");
-    assert!(job["urls"]["self"].as_str().unwrap().starts_with("http://kiln.execute-api."), "{job}");
+    assert!(
+        job["urls"]["self"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://kiln.execute-api."),
+        "{job}"
+    );
     let id: kiln_shared::domain::JobId = job["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(services.store.get(&id).await.unwrap().unwrap().status, JobStatus::Pending);
-    assert_eq!(services.jobs_queue.depth().await.unwrap(), 1, "enqueued on SQS");
+    assert_eq!(
+        services.store.get(&id).await.unwrap().unwrap().status,
+        JobStatus::Pending
+    );
+    assert_eq!(
+        services.jobs_queue.depth().await.unwrap(),
+        1,
+        "enqueued on SQS"
+    );
 
-    let bad = http_event("POST", "/v1/jobs", Some(key.expose()), Some(json!({"prompt": "x", "n": 9})));
+    let bad = http_event(
+        "POST",
+        "/v1/jobs",
+        Some(key.expose()),
+        Some(json!({"prompt": "x", "n": 9})),
+    );
     let (status, err) = response(rt.invoke(bad, Duration::from_secs(10)).await);
     assert_eq!((status, err["error"]["field"].as_str()), (400, Some("n")));
-    let (status, _) = response(rt.invoke(http_event("GET", "/v1/jobs", None, None), Duration::from_secs(10)).await);
+    let (status, _) = response(
+        rt.invoke(
+            http_event("GET", "/v1/jobs", None, None),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
     assert_eq!(status, 401);
 
     let rss = child.id().and_then(peak_rss_kib);
@@ -142,11 +190,21 @@ fn sqs_record(id: &str, body: &str, receive_count: u32) -> Value {
 }
 
 async fn pending_job(services: &Services) -> Job {
-    let (request, _) = SubmitJob { prompt: Some("an sqs batch".into()), size: Some("256x256".into()), ..Default::default() }
-        .validate()
-        .unwrap();
+    let (request, _) = SubmitJob {
+        prompt: Some("an sqs batch".into()),
+        size: Some("256x256".into()),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
     let job = Job::new(
-        NewJob { user_id: UserId::parse("lena").unwrap(), tier: Tier::Standard, request, webhook: None, metadata: None },
+        NewJob {
+            user_id: UserId::parse("lena").unwrap(),
+            tier: Tier::Standard,
+            request,
+            webhook: None,
+            metadata: None,
+        },
         SystemClock.now(),
         Duration::from_secs(3600),
     );
@@ -162,10 +220,14 @@ async fn the_worker_function_reports_exactly_the_poisoned_message() {
     let good = pending_job(&services).await;
     // A job that already ended: its redelivered message must be acknowledged, not run again.
     let done = pending_job(&services).await;
-    let claimed = done.claim(SystemClock.now(), Duration::from_secs(60)).unwrap();
+    let claimed = done
+        .claim(SystemClock.now(), Duration::from_secs(60))
+        .unwrap();
     services.store.update(&claimed).await.unwrap();
     let token = claimed.lease.unwrap().token;
-    let finished = claimed.succeed(token, "earlier".into(), vec![], vec![], SystemClock.now()).unwrap();
+    let finished = claimed
+        .succeed(token, "earlier".into(), vec![], vec![], SystemClock.now())
+        .unwrap();
     services.store.update(&finished).await.unwrap();
 
     let rt = RuntimeApi::start().await;
@@ -177,18 +239,58 @@ async fn the_worker_function_reports_exactly_the_poisoned_message() {
         sqs_record("done-1", &JobMessage { job_id: done.id }.encode(), 2),
     ]});
     let answer = rt.invoke(event, Duration::from_secs(30)).await;
-    let Answer::Response(body) = answer else { panic!("worker errored: {answer:?}") };
-    assert_eq!(body, json!({"batchItemFailures": [{"itemIdentifier": "poison-1"}]}));
+    let Answer::Response(body) = answer else {
+        panic!("worker errored: {answer:?}")
+    };
+    assert_eq!(
+        body,
+        json!({"batchItemFailures": [{"itemIdentifier": "poison-1"}]})
+    );
 
     let good = services.store.get(&good.id).await.unwrap().unwrap();
     assert_eq!(good.status, JobStatus::Success, "{good:?}");
-    let image = services.blobs.get(&good.images[0].key).await.unwrap().expect("the image is in S3");
+    let image = services
+        .blobs
+        .get(&good.images[0].key)
+        .await
+        .unwrap()
+        .expect("the image is in S3");
     assert_eq!(image.content_type, "image/png");
     let decoded = image::load_from_memory(&image.bytes).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (256, 256));
     let done = services.store.get(&done.id).await.unwrap().unwrap();
-    assert_eq!((done.status, done.provider.as_deref(), done.runs), (JobStatus::Success, Some("earlier"), 1));
+    assert_eq!(
+        (done.status, done.provider.as_deref(), done.runs),
+        (JobStatus::Success, Some("earlier"), 1)
+    );
 
     let rss = child.id().and_then(peak_rss_kib);
     eprintln!("worker function: init {init:?}, peak RSS {rss:?} KiB");
+}
+
+#[tokio::test]
+async fn the_whole_pipeline_runs_on_the_aws_backend() {
+    use kiln_tests::app::{TestApp, TestOptions};
+    let moto = moto().await;
+    let aws = moto.fresh(&[]).await;
+    let services = aws.services(Arc::new(SystemClock));
+    let app = TestApp::spawn_on(
+        TestOptions::default(),
+        Some((aws.settings.clone(), services)),
+    )
+    .await;
+    let id = app
+        .submit_ok(json!({"prompt": "through dynamodb, sqs and s3", "size": "512x512"}))
+        .await;
+    let job = app.wait_for(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "success", "{job}");
+    let url = job["images"][0]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(moto.endpoint()) && url.contains("X-Amz-Signature"),
+        "a presigned S3 URL: {url}"
+    );
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    let img = image::load_from_memory(&bytes).expect("the PNG from S3");
+    assert_eq!((img.width(), img.height()), (512, 512));
+    app.stop().await;
 }

@@ -73,6 +73,12 @@ impl TestApp {
 
     /// The app as `opts` say.
     pub async fn spawn_with(opts: TestOptions) -> Self {
+        Self::spawn_on(opts, None).await
+    }
+
+    /// The app on given settings and adapters (e.g. the AWS backend on moto); `opts.env` is
+    /// ignored then, the settings already say everything.
+    pub async fn spawn_on(opts: TestOptions, backend: Option<(Settings, Services)>) -> Self {
         init_test_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut vars: HashMap<String, String> = HashMap::from([
@@ -82,12 +88,21 @@ impl TestApp {
         for (k, v) in opts.env {
             vars.insert(k.into(), v);
         }
-        let settings =
-            Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid");
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let services = Services::from_settings(&settings, clock)
-            .await
-            .expect("backend opens");
+        let (settings, services) = match backend {
+            Some((mut settings, services)) => {
+                settings.addr = ([127, 0, 0, 1], 0).into();
+                (settings, services)
+            }
+            None => {
+                let settings = Settings::from_lookup(|k| vars.get(k).cloned())
+                    .expect("test settings are valid");
+                let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+                let services = Services::from_settings(&settings, clock)
+                    .await
+                    .expect("backend opens");
+                (settings, services)
+            }
+        };
         let providers = opts
             .providers
             .unwrap_or_else(|| Providers::local_only(settings.local_latency));

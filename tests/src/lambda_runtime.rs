@@ -52,16 +52,26 @@ impl RuntimeApi {
         let ready = Arc::new(Notify::new());
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(response),
+            )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state((inner.clone(), ready.clone()));
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind runtime api");
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind runtime api");
         let addr = listener.local_addr().expect("runtime api address");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, inner, ready, started: Instant::now() }
+        Self {
+            addr,
+            inner,
+            ready,
+            started: Instant::now(),
+        }
     }
 
     /// The environment a Lambda process needs to talk to this emulator.
@@ -72,7 +82,10 @@ impl RuntimeApi {
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".to_owned()),
             ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
             ("AWS_LAMBDA_LOG_STREAM_NAME", "test".to_owned()),
-            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{function}")),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{function}"),
+            ),
         ]
     }
 
@@ -81,7 +94,9 @@ impl RuntimeApi {
     pub async fn invoke(&self, event: Value, deadline_in: Duration) -> Answer {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
-        let deadline_ms = (chrono::Utc::now() + chrono::Duration::from_std(deadline_in).expect("short deadline")).timestamp_millis() as u64;
+        let deadline_ms = (chrono::Utc::now()
+            + chrono::Duration::from_std(deadline_in).expect("short deadline"))
+        .timestamp_millis() as u64;
         {
             let mut g = self.inner.lock().expect("emulator mutex");
             g.pending.push_back((id.clone(), event, deadline_ms));
@@ -97,7 +112,11 @@ impl RuntimeApi {
 
     /// Time from the emulator's start to the function's first `next` call, if it made one.
     pub fn init_duration(&self) -> Option<Duration> {
-        self.inner.lock().expect("emulator mutex").first_next.map(|t| t - self.started)
+        self.inner
+            .lock()
+            .expect("emulator mutex")
+            .first_next
+            .map(|t| t - self.started)
     }
 
     /// Waits until the function has asked for its first event.
@@ -107,10 +126,19 @@ impl RuntimeApi {
             if let Some(d) = self.init_duration() {
                 return d;
             }
-            if let Some(e) = self.inner.lock().expect("emulator mutex").init_error.clone() {
+            if let Some(e) = self
+                .inner
+                .lock()
+                .expect("emulator mutex")
+                .init_error
+                .clone()
+            {
                 panic!("the function failed to initialise: {e}");
             }
-            assert!(Instant::now() < end, "the function never asked for an event");
+            assert!(
+                Instant::now() < end,
+                "the function never asked for an event"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -127,8 +155,14 @@ async fn next(State((inner, ready)): State<Shared>) -> Response {
                 let h = |v: &str| HeaderValue::from_str(v).expect("header value");
                 headers.insert("lambda-runtime-aws-request-id", h(&id));
                 headers.insert("lambda-runtime-deadline-ms", h(&deadline_ms.to_string()));
-                headers.insert("lambda-runtime-invoked-function-arn", h("arn:aws:lambda:ap-northeast-1:000000000000:function:kiln"));
-                headers.insert("lambda-runtime-trace-id", h("Root=1-00000000-000000000000000000000000"));
+                headers.insert(
+                    "lambda-runtime-invoked-function-arn",
+                    h("arn:aws:lambda:ap-northeast-1:000000000000:function:kiln"),
+                );
+                headers.insert(
+                    "lambda-runtime-trace-id",
+                    h("Root=1-00000000-000000000000000000000000"),
+                );
                 return (StatusCode::OK, headers, axum::Json(event)).into_response();
             }
         }
@@ -147,14 +181,23 @@ fn finish(inner: &Mutex<Inner>, id: &str, answer: Answer) -> StatusCode {
 }
 
 fn json(body: &Bytes) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
-async fn response(State((inner, _)): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+async fn response(
+    State((inner, _)): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
     finish(&inner, &id, Answer::Response(json(&body)))
 }
 
-async fn error(State((inner, _)): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+async fn error(
+    State((inner, _)): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
     finish(&inner, &id, Answer::Error(json(&body)))
 }
 
@@ -166,5 +209,8 @@ async fn init_error(State((inner, _)): State<Shared>, body: Bytes) -> StatusCode
 /// Peak resident memory of a process (`VmHWM`), in KiB, on Linux.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
