@@ -169,6 +169,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `KILN_LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
+    /// `KILN_PROVIDER_KEYS_SSM_PATH`: on AWS, an SSM Parameter Store path whose parameters are
+    /// the providers' keys, named like their `api_key_env` (read once at start).
+    pub provider_keys_ssm_path: Option<String>,
     /// The AWS resource names; `Some` exactly when `backend` is `aws`.
     pub aws: Option<AwsResources>,
 }
@@ -252,6 +255,7 @@ impl Settings {
             url_signing_secret: env.text("KILN_URL_SIGNING_SECRET").map(Secret::new),
             max_body_bytes: env.parse("KILN_MAX_BODY_BYTES", 64 * 1024usize)?,
             log_format: env.parse("KILN_LOG_FORMAT", LogFormat::Pretty)?,
+            provider_keys_ssm_path: env.text("KILN_PROVIDER_KEYS_SSM_PATH"),
             aws,
         })
     }

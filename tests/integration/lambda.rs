@@ -294,3 +294,36 @@ async fn the_whole_pipeline_runs_on_the_aws_backend() {
     assert_eq!((img.width(), img.height()), (512, 512));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn provider_keys_come_from_ssm_parameter_store() {
+    use kiln_shared::adapters::aws::parameters_by_path;
+    let moto = moto().await;
+    let clients = moto.clients().await;
+    let path = format!("/kiln-t-{}/providers", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    for (name, value) in [("DEEPSEEK_API_KEY", "sk-from-ssm"), ("nested/ARK_API_KEY", "ark-from-ssm")] {
+        clients
+            .ssm
+            .put_parameter()
+            .name(format!("{path}/{name}"))
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+    }
+    let secrets = parameters_by_path(&clients, &path).await.unwrap();
+    assert_eq!(secrets.get("DEEPSEEK_API_KEY").map(|s| s.expose()), Some("sk-from-ssm"));
+    assert_eq!(secrets.get("ARK_API_KEY").map(|s| s.expose()), Some("ark-from-ssm"));
+    let err = parameters_by_path(&clients, "relative/path").await.unwrap_err();
+    assert_eq!(err.var, "KILN_PROVIDER_KEYS_SSM_PATH");
+
+    // A providers file whose key lives only in SSM loads with it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("providers.toml");
+    std::fs::write(&file, "[[provider]]\nname = \"deepseek\"\nprotocol = \"openai\"\nendpoint = \"https://api.example.com/v1\"\nmodel = \"m\"\napi_key_env = \"DEEPSEEK_API_KEY\"\npriority = 1\n").unwrap();
+    let mut settings = kiln_shared::config::Settings::from_lookup(|_| None).unwrap();
+    settings.providers_file = Some(file);
+    let providers = kiln_shared::providers::file::from_settings_with(&settings, &secrets).unwrap();
+    assert_eq!(providers.entries()[0].provider.name(), "deepseek");
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{TimeZone, Utc};
+use kiln_shared::adapters::aws::{parameters_by_path, AwsClients, AwsOverrides};
 use kiln_shared::adapters::Services;
 use kiln_shared::config::Settings;
 use kiln_shared::ports::ReceivedMessage;
@@ -24,7 +25,15 @@ pub async fn run_jobs() -> Result<(), Error> {
     let settings = Settings::from_env()?;
     logging::init(settings.log_format);
     let services = Services::from_settings(&settings, Arc::new(SystemClock)).await?;
-    let providers = kiln_shared::providers::file::from_settings(&settings)?;
+    // Provider keys from SSM, read once per cold start; never in the function's environment.
+    let secrets = match &settings.provider_keys_ssm_path {
+        Some(path) => {
+            let clients = AwsClients::load(&AwsOverrides::default()).await?;
+            parameters_by_path(&clients, path).await?
+        }
+        None => Default::default(),
+    };
+    let providers = kiln_shared::providers::file::from_settings_with(&settings, &secrets)?;
     let worker = Worker::new(
         services.store,
         services.blobs,

@@ -100,6 +100,14 @@ fn parse_timeout(v: &toml::Value) -> Result<Duration, String> {
 /// The routing table a process runs with: the providers file if settings name one (or
 /// `providers.toml` exists), else the built-in renderer alone. Keys come from the environment.
 pub fn from_settings(settings: &crate::config::Settings) -> Result<Providers, ConfigError> {
+    from_settings_with(settings, &std::collections::HashMap::new())
+}
+
+/// Like [`from_settings`], with `secrets` (e.g. read from SSM) looked up before the environment.
+pub fn from_settings_with(
+    settings: &crate::config::Settings,
+    secrets: &std::collections::HashMap<String, Secret>,
+) -> Result<Providers, ConfigError> {
     let Some(path) = &settings.providers_file else {
         return Ok(Providers::local_only(settings.local_latency));
     };
@@ -108,7 +116,10 @@ pub fn from_settings(settings: &crate::config::Settings) -> Result<Providers, Co
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| ConfigError::new("KILN_PROVIDERS", format!("cannot build the HTTP client: {e}")))?;
-    let providers = load(path, &crate::config::process_env, http)?;
+    let lookup = |k: &str| {
+        secrets.get(k).map(|s| s.expose().to_owned()).or_else(|| crate::config::process_env(k))
+    };
+    let providers = load(path, &lookup, http)?;
     for e in providers.entries() {
         tracing::info!(provider = e.provider.name(), cost = e.cost_per_image_usd, priority = e.priority, "provider configured");
     }

@@ -12,6 +12,7 @@ mod error_mapping;
 mod job_store;
 mod queue;
 mod resources;
+mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use job_store::{
 };
 pub use queue::{SqsQueue, MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT};
 pub use resources::{create_resources, ResourceError, ResourceNames};
+pub use secrets::parameters_by_path;
 
 use super::Services;
 use crate::clock::Clock;
@@ -69,6 +71,8 @@ pub struct AwsClients {
     pub sqs: aws_sdk_sqs::Client,
     /// S3, with path-style addressing when the endpoint is overridden.
     pub s3: aws_sdk_s3::Client,
+    /// SSM Parameter Store, for secrets kept there.
+    pub ssm: aws_sdk_ssm::Client,
 }
 
 impl AwsClients {
@@ -117,6 +121,7 @@ impl AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(s3),
+            ssm: aws_sdk_ssm::Client::new(config),
         }
     }
 }
