@@ -23,6 +23,7 @@ use axum::Router;
 use kiln_shared::config::Settings;
 use kiln_shared::ports::{BlobStore, JobStore, Queue};
 use kiln_shared::url_signing::UrlSigner;
+use kiln_shared::webhooks::{GuardPolicy, SystemResolver, WebhookGuard};
 use kiln_shared::Clock;
 use tower_http::trace::TraceLayer;
 
@@ -63,6 +64,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest `Prefer: wait` honoured; longer is clamped.
     pub max_wait: Duration,
+    /// Checks webhook URLs at submit (scheme, and every address the host resolves to).
+    pub webhook_guard: WebhookGuard,
 }
 
 impl ApiConfig {
@@ -74,6 +77,13 @@ impl ApiConfig {
             retention: s.retention,
             max_body_bytes: s.max_body_bytes,
             max_wait: MAX_WAIT,
+            webhook_guard: WebhookGuard::new(
+                GuardPolicy {
+                    allow_http: s.webhook_allow_http,
+                    allow_private: s.webhook_allow_private,
+                },
+                Arc::new(SystemResolver),
+            ),
         }
     }
 }

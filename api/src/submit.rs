@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kiln_shared::domain::{Job, NewJob, SubmitJob, ValidationError};
+use kiln_shared::domain::{Job, NewJob, SubmitJob, ValidationError, WebhookSpec};
 use kiln_shared::ports::JobMessage;
 
 use crate::{ApiError, AppState, Caller};
@@ -31,24 +31,43 @@ pub async fn submit(
     let jobs = bodies
         .into_iter()
         .enumerate()
-        .map(|(i, body)| {
-            let (request, metadata) = body.validate().map_err(|e| {
+        .map(|(i, mut body)| {
+            let name = |e: ValidationError| {
                 if batch {
                     ValidationError::new(format!("items[{i}].{}", e.field), e.message)
                 } else {
                     e
                 }
-            })?;
+            };
+            let webhook = body.webhook.take();
+            let (request, metadata) = body.validate().map_err(name)?;
+            let webhook = webhook
+                .map(WebhookSpec::validate)
+                .transpose()
+                .map_err(name)?;
             let new = NewJob {
                 user_id: caller.user_id.clone(),
                 tier: caller.tier,
                 request,
-                webhook: None,
+                webhook,
                 metadata,
             };
             Ok(Job::new(new, now, state.config.retention))
         })
         .collect::<Result<Vec<_>, ValidationError>>()?;
+    // The address check resolves names, so it runs once the cheap checks have all passed.
+    for (i, job) in jobs.iter().enumerate() {
+        if let Some(webhook) = &job.webhook {
+            if let Err(e) = state.config.webhook_guard.check(&webhook.url).await {
+                let field = if batch {
+                    format!("items[{i}].webhook.url")
+                } else {
+                    "webhook.url".to_owned()
+                };
+                return Err(ValidationError::new(field, e.0).into());
+            }
+        }
+    }
 
     // The port has no multi-item write; a store failure part-way leaves the earlier jobs
     // pending, where the sweeper finds and runs them.

@@ -75,6 +75,7 @@ async fn spawn_app() -> TestApp {
             retention: Duration::from_secs(86_400),
             max_body_bytes: 4096,
             max_wait: Duration::from_secs(25),
+            webhook_guard: Default::default(),
         },
     };
     let mut app = TestApp {

@@ -2,8 +2,10 @@
 
 mod aws;
 mod client;
+mod dlq;
 mod keys;
 pub mod serve;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -43,6 +45,12 @@ enum Command {
     List(client::ListArgs),
     /// Cancel a pending or running job.
     Cancel(client::CancelArgs),
+    /// Inspect, replay and purge the dead-letter queues (jobs or webhooks).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Users' webhook signing secrets, and test deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 /// Parses the command line, runs the command and turns its error into an exit code.
@@ -77,5 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => client::get(args).await,
         Command::List(args) => client::list(args).await,
         Command::Cancel(args) => client::cancel(args).await,
+        Command::Dlq(cmd) => dlq::run(cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(cmd).await,
     }
 }

@@ -11,7 +11,8 @@ use kiln_shared::adapters::Services;
 use kiln_shared::clock::{Clock, SystemClock};
 use kiln_shared::config::Settings;
 use kiln_shared::providers::Providers;
-use kiln_worker::{Worker, WorkerConfig};
+use kiln_shared::webhooks::{GuardPolicy, WebhookGuard};
+use kiln_worker::{SenderConfig, WebhookSender, Worker, WorkerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -82,6 +83,15 @@ pub async fn start(
 
     if with_worker {
         tasks.push(spawn_worker(settings, &services, providers, stop_rx.clone()));
+        let base = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let sender = Arc::new(webhook_sender(settings, &services, base));
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            kiln_worker::run_webhook_pool(sender, rx).await
+        }));
     }
 
     let state = AppState {
@@ -90,7 +100,10 @@ pub async fn start(
         blobs: services.blobs.clone(),
         url_signer: services.url_signer.clone(),
         clock: services.clock.clone(),
-        config: ApiConfig::from_settings(settings),
+        config: ApiConfig {
+            webhook_guard: webhook_guard(settings, &services),
+            ..ApiConfig::from_settings(settings)
+        },
     };
     let app = kiln_api::router(state);
     let mut rx = stop_rx;
@@ -119,20 +132,55 @@ fn spawn_worker(
     providers: Arc<Providers>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let worker = Arc::new(Worker::new(
-        services.store.clone(),
-        services.blobs.clone(),
-        providers,
-        services.clock.clone(),
-        WorkerConfig {
-            lease: settings.lease,
-            job_timeout: settings.job_timeout,
-            max_receive_count: settings.max_receive_count,
-            concurrency: settings.worker_concurrency,
-        },
-    ));
+    let worker = Arc::new(
+        Worker::new(
+            services.store.clone(),
+            services.blobs.clone(),
+            providers,
+            services.clock.clone(),
+            WorkerConfig {
+                lease: settings.lease,
+                job_timeout: settings.job_timeout,
+                max_receive_count: settings.max_receive_count,
+                concurrency: settings.worker_concurrency,
+            },
+        )
+        .with_webhooks(services.webhooks_queue.clone()),
+    );
     let queue = services.jobs_queue.clone();
     tokio::spawn(async move { kiln_worker::run_pool(worker, queue, stop).await })
+}
+
+/// The webhook guard the settings ask for, resolving through the services' resolver.
+pub fn webhook_guard(settings: &Settings, services: &Services) -> WebhookGuard {
+    WebhookGuard::new(
+        GuardPolicy {
+            allow_http: settings.webhook_allow_http,
+            allow_private: settings.webhook_allow_private,
+        },
+        services.resolver.clone(),
+    )
+}
+
+/// The webhook sender over `services`; payload URLs are made absolute under `public_url`.
+pub fn webhook_sender(settings: &Settings, services: &Services, public_url: String) -> WebhookSender {
+    WebhookSender::new(
+        services.store.clone(),
+        services.webhook_secrets.clone(),
+        services.blobs.clone(),
+        webhook_guard(settings, services),
+        services.clock.clone(),
+        services.webhooks_queue.clone(),
+        services.webhooks_dlq.clone(),
+        SenderConfig {
+            retry_delays: settings.webhook_retry_delays.clone(),
+            timeout: kiln_worker::webhooks::DELIVERY_TIMEOUT,
+            max_queue_delay: kiln_worker::webhooks::MAX_QUEUE_DELAY,
+            concurrency: settings.worker_concurrency,
+            url_ttl: settings.url_ttl,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        },
+    )
 }
 
 /// Runs `kiln worker` until Ctrl-C or SIGTERM.

@@ -172,8 +172,32 @@ pub struct Settings {
     /// `KILN_PROVIDER_KEYS_SSM_PATH`: on AWS, an SSM Parameter Store path whose parameters are
     /// the providers' keys, named like their `api_key_env` (read once at start).
     pub provider_keys_ssm_path: Option<String>,
+    /// `KILN_WEBHOOK_ALLOW_HTTP`: accept plain `http` webhook URLs; default false.
+    pub webhook_allow_http: bool,
+    /// `KILN_WEBHOOK_ALLOW_PRIVATE`: let webhooks reach loopback and private addresses; for
+    /// local development only, never on a shared server; default false.
+    pub webhook_allow_private: bool,
+    /// `KILN_WEBHOOK_RETRY_DELAYS`: comma-separated waits before each retry of a failed
+    /// delivery, in seconds (`5,300,1800,7200,18000,36000,36000` by default).
+    pub webhook_retry_delays: Vec<Duration>,
     /// The AWS resource names; `Some` exactly when `backend` is `aws`.
     pub aws: Option<AwsResources>,
+}
+
+/// Waits before each retry of a failed webhook delivery: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+/// 10 h (about 28 hours in all), then the event goes to the dead-letter queue.
+pub const DEFAULT_WEBHOOK_RETRY_DELAYS: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+
+fn parse_delays(var: &str, v: &str) -> Result<Vec<Duration>, ConfigError> {
+    let delays = v
+        .split(',')
+        .map(|p| p.trim().parse::<u64>().map(Duration::from_secs))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(var, format!("invalid value {v:?}: {e}")))?;
+    if delays.len() > 20 {
+        return Err(ConfigError::new(var, "at most 20 retries"));
+    }
+    Ok(delays)
 }
 
 impl Settings {
@@ -256,6 +280,15 @@ impl Settings {
             max_body_bytes: env.parse("KILN_MAX_BODY_BYTES", 64 * 1024usize)?,
             log_format: env.parse("KILN_LOG_FORMAT", LogFormat::Pretty)?,
             provider_keys_ssm_path: env.text("KILN_PROVIDER_KEYS_SSM_PATH"),
+            webhook_allow_http: env.parse("KILN_WEBHOOK_ALLOW_HTTP", false)?,
+            webhook_allow_private: env.parse("KILN_WEBHOOK_ALLOW_PRIVATE", false)?,
+            webhook_retry_delays: match env.text("KILN_WEBHOOK_RETRY_DELAYS") {
+                Some(v) => parse_delays("KILN_WEBHOOK_RETRY_DELAYS", &v)?,
+                None => DEFAULT_WEBHOOK_RETRY_DELAYS
+                    .iter()
+                    .map(|s| Duration::from_secs(*s))
+                    .collect(),
+            },
             aws,
         })
     }
@@ -381,6 +414,28 @@ mod tests {
         let mut vars = AWS_VARS.to_vec();
         vars[2] = ("KILN_JOBS_QUEUE_URL", "jobs");
         assert_eq!(settings(&vars).unwrap_err().var, "KILN_JOBS_QUEUE_URL");
+    }
+
+    #[test]
+    fn webhook_settings_are_off_by_default_and_parsed_strictly() {
+        let s = settings(&[]).unwrap();
+        assert!(!s.webhook_allow_http && !s.webhook_allow_private);
+        assert_eq!(s.webhook_retry_delays.len(), 7);
+        assert_eq!(s.webhook_retry_delays[1], Duration::from_secs(300));
+        let s = settings(&[
+            ("KILN_WEBHOOK_ALLOW_HTTP", "true"),
+            ("KILN_WEBHOOK_RETRY_DELAYS", "1, 2,3"),
+        ])
+        .unwrap();
+        assert!(s.webhook_allow_http && !s.webhook_allow_private);
+        assert_eq!(s.webhook_retry_delays, [1, 2, 3].map(Duration::from_secs));
+        for (var, val) in [
+            ("KILN_WEBHOOK_ALLOW_HTTP", "yes"),
+            ("KILN_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("KILN_WEBHOOK_RETRY_DELAYS", "5,x"),
+        ] {
+            assert_eq!(settings(&[(var, val)]).unwrap_err().var, var);
+        }
     }
 
     #[test]

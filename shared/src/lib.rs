@@ -13,5 +13,7 @@ pub mod logging;
 pub mod ports;
 pub mod providers;
 pub mod url_signing;
+pub mod view;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};

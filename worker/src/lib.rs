@@ -9,9 +9,12 @@
 pub mod batch;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod dlq;
 pub mod pool;
+pub mod webhooks;
 pub mod worker;
 
 pub use batch::{run_batch, Outcome};
 pub use pool::{retry_delay, run_pool, sweep, SweepReport};
 pub use worker::{Worker, WorkerConfig, PROVIDER_UNAVAILABLE};
+pub use webhooks::{run_webhook_pool, SenderConfig, WebhookSender};

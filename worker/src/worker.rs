@@ -11,8 +11,9 @@ use kiln_shared::domain::{
     Attempt, ImageRef, Job, JobError, JobId, JobRequest, JobStatus, TransitionError,
 };
 use kiln_shared::ports::{
-    BlobStore, GenerationRequest, JobMessage, JobStore, ReceivedMessage, StoreError,
+    BlobStore, GenerationRequest, JobMessage, JobStore, Queue, ReceivedMessage, StoreError,
 };
+use kiln_shared::webhooks::WebhookMessage;
 use kiln_shared::providers::{CheckedImage, DispatchError, Dispatcher, Providers};
 use tokio::time::Instant;
 use tracing::{field, info, info_span, warn, Span};
@@ -40,6 +41,7 @@ pub struct Worker {
     dispatcher: Arc<Dispatcher>,
     clock: Arc<dyn Clock>,
     config: WorkerConfig,
+    webhooks: Option<Arc<dyn Queue>>,
 }
 
 /// The code of a job that every provider failed on, transiently.
@@ -47,6 +49,10 @@ pub const PROVIDER_UNAVAILABLE: &str = "provider_unavailable";
 
 /// Part of the lease kept free for storing the images and writing the result.
 const MAX_LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Tries of a conditional write that keeps losing to other writers (webhook deliveries record
+/// their attempts on the job while it runs) before giving up for this delivery.
+const WRITE_ROUNDS: usize = 4;
 
 /// How a conditional write of the job went.
 enum Write {
@@ -86,7 +92,14 @@ impl Worker {
             dispatcher,
             clock,
             config,
+            webhooks: None,
         }
+    }
+
+    /// Sends the webhook events that transitions leave on jobs to `queue`.
+    pub fn with_webhooks(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.webhooks = Some(queue);
+        self
     }
 
     /// The worker's settings.
@@ -155,7 +168,9 @@ impl Worker {
         for round in 0..2 {
             if job.status.is_terminal() {
                 info!(status = %job.status, "job already ended; dropping the message");
-                return Err(Outcome::Ack);
+                // A run that crashed between ending the job and enqueueing its webhook event
+                // left the mark; this delivery repairs it.
+                return Err(self.ended(job).await);
             }
             let claimed = match job.claim(self.clock.now(), self.config.lease) {
                 Ok(claimed) => claimed,
@@ -171,7 +186,8 @@ impl Worker {
             match self.store.update(&claimed).await {
                 Ok(()) => {
                     info!(run = claimed.runs, "job claimed");
-                    return Ok(claimed);
+                    // A failed enqueue keeps the mark; the job's end sends it with its own.
+                    return Ok(self.flush_webhooks(claimed).await.unwrap_or_else(|j| j));
                 }
                 Err(StoreError::Conflict(_)) if round == 0 => {
                     job = self.read(&id).await?;
@@ -250,7 +266,9 @@ impl Worker {
             .write(&job, |j| j.release(token, attempts.clone(), now))
             .await
         {
-            Write::Lost(Some(current)) if current.status.is_terminal() => Outcome::Ack,
+            Write::Lost(Some(current)) if current.status.is_terminal() => {
+                self.ended(current).await
+            }
             Write::Lost(None) => Outcome::Ack,
             _ => Outcome::Retry,
         }
@@ -288,7 +306,9 @@ impl Worker {
                     .write(&job, |j| j.release(token, attempts.clone(), now))
                     .await
                 {
-                    Write::Lost(Some(current)) if current.status.is_terminal() => Outcome::Ack,
+                    Write::Lost(Some(current)) if current.status.is_terminal() => {
+                        self.ended(current).await
+                    }
                     Write::Lost(None) => Outcome::Ack,
                     _ => Outcome::Retry,
                 };
@@ -304,7 +324,7 @@ impl Worker {
         {
             Write::Done(done) => {
                 info!(provider = %provider, images = done.images.len(), cost_usd = cost, "job succeeded");
-                Outcome::Ack
+                self.ended(done).await
             }
             Write::Lost(current) => {
                 let (keep, outcome) = match &current {
@@ -324,7 +344,10 @@ impl Worker {
                     "job ended without this run; deleting its images"
                 );
                 self.delete_images(&refs, &keep).await;
-                outcome
+                match current {
+                    Some(c) if outcome == Outcome::Ack => self.ended(c).await,
+                    _ => outcome,
+                }
             }
             Write::Failed(e) => {
                 // The lease still holds: a later delivery takes over and overwrites the images.
@@ -348,11 +371,16 @@ impl Worker {
             .write(job, |j| j.fail(token, error.clone(), attempts.clone(), now))
             .await
         {
-            Write::Done(_) => {
+            Write::Done(failed) => {
                 info!(code = %error.code, retriable = error.retriable, "job failed");
-                done
+                match self.ended(failed).await {
+                    Outcome::Ack => done,
+                    retry => retry,
+                }
             }
-            Write::Lost(Some(current)) if current.status.is_terminal() => Outcome::Ack,
+            Write::Lost(Some(current)) if current.status.is_terminal() => {
+                self.ended(current).await
+            }
             Write::Lost(None) => Outcome::Ack,
             Write::Lost(Some(_)) => Outcome::Retry,
             Write::Failed(e) => {
@@ -360,6 +388,62 @@ impl Worker {
                 Outcome::Retry
             }
         }
+    }
+
+    /// The outcome for a message whose job has ended: done with, once the job's pending webhook
+    /// events are on the webhook queue; otherwise it must come back to try again.
+    async fn ended(&self, job: Job) -> Outcome {
+        match self.flush_webhooks(job).await {
+            Ok(_) => Outcome::Ack,
+            Err(_) => Outcome::Retry,
+        }
+    }
+
+    /// Sends the job's pending webhook events to the webhook queue, then clears their marks
+    /// with a conditional write. Returns the job as stored now; `Err` (with the job as known)
+    /// when the events could not be sent, so the marks stay for the next reader. An event sent
+    /// whose mark could not be cleared is sent again later with the same id: receivers see a
+    /// duplicate, never a loss.
+    pub async fn flush_webhooks(&self, job: Job) -> Result<Job, Job> {
+        let Some(queue) = &self.webhooks else {
+            return Ok(job);
+        };
+        if job.webhook_pending.is_empty() {
+            return Ok(job);
+        }
+        let bodies: Vec<String> = job
+            .webhook_pending
+            .iter()
+            .map(|e| WebhookMessage::first(job.id, e).encode())
+            .collect();
+        if let Err(e) = queue.send(&bodies, Duration::ZERO).await {
+            warn!(error = %e, "could not enqueue webhook events; the job keeps them marked");
+            return Err(job);
+        }
+        let ids: Vec<String> = job.webhook_pending.iter().map(|e| e.id.clone()).collect();
+        info!(events = ids.len(), "webhook events enqueued");
+        let mut base = job;
+        for _ in 0..WRITE_ROUNDS {
+            let Some(next) = base.webhooks_enqueued(&ids) else {
+                return Ok(base);
+            };
+            match self.store.update(&next).await {
+                Ok(()) => return Ok(next),
+                Err(StoreError::Conflict(_)) => match self.store.get(&base.id).await {
+                    Ok(Some(fresh)) => base = fresh,
+                    Ok(None) => return Ok(base),
+                    Err(e) => {
+                        warn!(error = %e, "could not clear webhook marks");
+                        return Ok(base);
+                    }
+                },
+                Err(e) => {
+                    warn!(error = %e, "could not clear webhook marks");
+                    return Ok(base);
+                }
+            }
+        }
+        Ok(base)
     }
 
     /// Applies `transition` and writes it if the stored job is still the version it was made
@@ -371,14 +455,14 @@ impl Worker {
         transition: impl Fn(&Job) -> Result<Job, TransitionError>,
     ) -> Write {
         let mut base = job.clone();
-        for round in 0..2 {
+        for round in 0..WRITE_ROUNDS {
             let next = match transition(&base) {
                 Ok(next) => next,
                 Err(_) => return Write::Lost(Some(base)),
             };
             match self.store.update(&next).await {
                 Ok(()) => return Write::Done(next),
-                Err(StoreError::Conflict(_)) if round == 0 => match self.store.get(&job.id).await {
+                Err(StoreError::Conflict(_)) if round + 1 < WRITE_ROUNDS => match self.store.get(&job.id).await {
                     Ok(Some(fresh)) => base = fresh,
                     Ok(None) => return Write::Lost(None),
                     Err(e) => return Write::Failed(e),

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Backend, ConfigError, Settings};
-use crate::ports::{BlobStore, JobStore, Queue};
+use crate::ports::{BlobStore, JobStore, Queue, WebhookSecretStore};
+use crate::webhooks::{Resolve, SystemResolver};
 use crate::url_signing::UrlSigner;
 
 /// The adapters a process runs on; built once per process, outside any handler.
@@ -30,6 +31,10 @@ pub struct Services {
     pub blobs: Arc<dyn BlobStore>,
     /// Signer of image URLs served by the API itself (local backend only).
     pub url_signer: Option<UrlSigner>,
+    /// Users' webhook signing secrets.
+    pub webhook_secrets: Arc<dyn WebhookSecretStore>,
+    /// Name resolution of webhook hosts (replaced in tests).
+    pub resolver: Arc<dyn Resolve>,
     /// The clock every adapter and service shares.
     pub clock: Arc<dyn Clock>,
 }
@@ -59,6 +64,8 @@ impl Services {
                     webhooks_dlq: b.webhooks_dlq,
                     blobs: b.blobs,
                     url_signer: Some(b.url_signer),
+                    webhook_secrets: b.webhook_secrets,
+                    resolver: Arc::new(SystemResolver),
                     clock,
                 })
             }

@@ -7,6 +7,10 @@
 //! failed -> pending (operator replay)
 //! ```
 //!
+//! A transition a webhook subscriber asked to hear about also leaves a [`PendingEvent`] on the
+//! job, in the same write: the mark stays until the event is on the webhook queue, so a crash
+//! between the two is repaired by whoever next reads the job, with the same event id.
+//!
 //! Every transition returns the next version of the job with `version` bumped; stores write it
 //! only if the stored version is still the one it was computed from, so two writers that raced
 //! (an SQS duplicate, a cancel during a run, a worker whose lease expired) cannot both win.
@@ -139,6 +143,84 @@ pub struct Webhook {
     pub events: Vec<WebhookEvent>,
 }
 
+/// The type of a webhook event, as sent in the payload's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    /// A worker started the job.
+    #[serde(rename = "job.running")]
+    JobRunning,
+    /// The job produced its images.
+    #[serde(rename = "job.succeeded")]
+    JobSucceeded,
+    /// The job ended without images.
+    #[serde(rename = "job.failed")]
+    JobFailed,
+    /// The job was canceled.
+    #[serde(rename = "job.canceled")]
+    JobCanceled,
+    /// An operator's test event; never stored on a job.
+    #[serde(rename = "webhook.test")]
+    Test,
+}
+
+impl EventType {
+    /// The type's name in payloads.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::JobRunning => "job.running",
+            Self::JobSucceeded => "job.succeeded",
+            Self::JobFailed => "job.failed",
+            Self::JobCanceled => "job.canceled",
+            Self::Test => "webhook.test",
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event the job owes its webhook subscriber and that is not yet known to be on the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEvent {
+    /// Stable id: every delivery of this event carries it as `webhook-id`.
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// Most delivery attempts kept on a job; older ones are dropped first.
+pub const MAX_WEBHOOK_DELIVERIES: usize = 20;
+
+/// One attempt at delivering a webhook event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// The event's id (`webhook-id`).
+    pub event_id: String,
+    /// The event's type.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// 1 for the first attempt at this event.
+    pub attempt: u32,
+    /// When the attempt started.
+    pub at: DateTime<Utc>,
+    /// Whether the subscriber answered 2xx.
+    pub delivered: bool,
+    /// HTTP status the subscriber answered, if it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Why the attempt failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub latency_ms: u64,
+}
+
 /// A worker's claim on a running job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -187,6 +269,12 @@ pub struct Job {
     pub expires_at: DateTime<Utc>,
     /// Current lease, while `running`.
     pub lease: Option<Lease>,
+    /// Webhook events not yet known to be on the webhook queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_pending: Vec<PendingEvent>,
+    /// The last [`MAX_WEBHOOK_DELIVERIES`] delivery attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_deliveries: Vec<WebhookDelivery>,
     /// Optimistic-concurrency version; bumped by every transition.
     pub version: u64,
 }
@@ -250,6 +338,8 @@ impl Job {
             completed_at: None,
             expires_at: after(now, retention),
             lease: None,
+            webhook_pending: Vec::new(),
+            webhook_deliveries: Vec::new(),
             version: 1,
         }
     }
@@ -257,6 +347,65 @@ impl Job {
     fn next(&self) -> Self {
         let mut j = self.clone();
         j.version += 1;
+        j
+    }
+
+    /// Leaves a [`PendingEvent`] on the job if its subscriber wants `wanted`.
+    fn owe_event(&mut self, wanted: WebhookEvent, event_type: EventType, now: DateTime<Utc>) {
+        let subscribed = self
+            .webhook
+            .as_ref()
+            .is_some_and(|w| w.events.contains(&wanted));
+        if subscribed {
+            self.webhook_pending.push(PendingEvent {
+                id: format!("msg_{}", Uuid::now_v7().simple()),
+                event_type,
+                at: now,
+            });
+        }
+    }
+
+    /// The terminal event of the job's current state, if it has ended.
+    fn terminal_event(&self) -> Option<EventType> {
+        match self.status {
+            JobStatus::Success => Some(EventType::JobSucceeded),
+            JobStatus::Failed => Some(EventType::JobFailed),
+            JobStatus::Canceled => Some(EventType::JobCanceled),
+            _ => None,
+        }
+    }
+
+    fn owe_terminal_event(&mut self, now: DateTime<Utc>) {
+        if let Some(t) = self.terminal_event() {
+            self.owe_event(WebhookEvent::Completed, t, now);
+        }
+    }
+
+    /// Drops the marks of the events with these ids: they are on the webhook queue now.
+    /// `None` if none of them was still marked (nothing to write).
+    pub fn webhooks_enqueued(&self, event_ids: &[String]) -> Option<Self> {
+        if !self
+            .webhook_pending
+            .iter()
+            .any(|e| event_ids.contains(&e.id))
+        {
+            return None;
+        }
+        let mut j = self.next();
+        j.webhook_pending.retain(|e| !event_ids.contains(&e.id));
+        Some(j)
+    }
+
+    /// Records a delivery attempt, keeping the last [`MAX_WEBHOOK_DELIVERIES`]. Allowed in every
+    /// state: deliveries go on after the job ended.
+    pub fn record_delivery(&self, delivery: WebhookDelivery) -> Self {
+        let mut j = self.next();
+        j.webhook_deliveries.push(delivery);
+        let extra = j
+            .webhook_deliveries
+            .len()
+            .saturating_sub(MAX_WEBHOOK_DELIVERIES);
+        j.webhook_deliveries.drain(..extra);
         j
     }
 
@@ -271,6 +420,10 @@ impl Job {
             (s, _) => return Err(TransitionError::Finished(s)),
         }
         let mut j = self.next();
+        if self.status == JobStatus::Pending {
+            // A takeover of a running job is the same run as far as subscribers know.
+            j.owe_event(WebhookEvent::Running, EventType::JobRunning, now);
+        }
         j.status = JobStatus::Running;
         j.runs += 1;
         j.started_at.get_or_insert(now);
@@ -318,6 +471,7 @@ impl Job {
         j.error = None;
         j.completed_at = Some(now);
         j.lease = None;
+        j.owe_terminal_event(now);
         Ok(j)
     }
 
@@ -334,6 +488,7 @@ impl Job {
         j.error = Some(error);
         j.completed_at = Some(now);
         j.lease = None;
+        j.owe_terminal_event(now);
         Ok(j)
     }
 
@@ -360,6 +515,7 @@ impl Job {
         j.status = JobStatus::Canceled;
         j.completed_at = Some(now);
         j.lease = None;
+        j.owe_terminal_event(now);
         Ok(j)
     }
 
@@ -447,6 +603,58 @@ mod tests {
         let taken = running.claim(later, Duration::from_secs(60)).unwrap();
         assert_ne!(taken.lease.unwrap().token, running.lease.unwrap().token);
         assert_eq!(taken.runs, 2);
+    }
+
+    #[test]
+    fn subscribed_transitions_leave_event_marks_in_the_same_version() {
+        let now = Utc::now();
+        let mut j = job(now);
+        assert!(j.claim(now, Duration::from_secs(60)).unwrap().webhook_pending.is_empty());
+        j.webhook = Some(Webhook {
+            url: "https://example.com/h".into(),
+            events: vec![WebhookEvent::Running, WebhookEvent::Completed],
+        });
+        let running = j.claim(now, Duration::from_secs(60)).unwrap();
+        assert_eq!(running.webhook_pending.len(), 1);
+        assert_eq!(running.webhook_pending[0].event_type, EventType::JobRunning);
+        // A takeover is not a new start.
+        let later = now + chrono::Duration::seconds(61);
+        let taken = running.claim(later, Duration::from_secs(60)).unwrap();
+        assert_eq!(taken.webhook_pending.len(), 1);
+        let token = taken.lease.unwrap().token;
+        let done = taken.succeed(token, "p".into(), vec![], vec![], later).unwrap();
+        let types: Vec<_> = done.webhook_pending.iter().map(|e| e.event_type).collect();
+        assert_eq!(types, [EventType::JobRunning, EventType::JobSucceeded]);
+        assert_eq!(done.version, taken.version + 1);
+
+        let first = done.webhook_pending[0].id.clone();
+        let cleared = done.webhooks_enqueued(std::slice::from_ref(&first)).unwrap();
+        assert_eq!(cleared.webhook_pending.len(), 1);
+        assert_eq!(cleared.version, done.version + 1);
+        assert!(cleared.webhooks_enqueued(&[first]).is_none());
+
+        let mut recorded = cleared;
+        for attempt in 1..=25 {
+            recorded = recorded.record_delivery(WebhookDelivery {
+                event_id: "e".into(),
+                event_type: EventType::JobSucceeded,
+                attempt,
+                at: now,
+                delivered: false,
+                status_code: Some(500),
+                error: None,
+                latency_ms: 1,
+            });
+        }
+        assert_eq!(recorded.webhook_deliveries.len(), MAX_WEBHOOK_DELIVERIES);
+        assert_eq!(recorded.webhook_deliveries[0].attempt, 6);
+
+        j.webhook = Some(Webhook {
+            url: "https://example.com/h".into(),
+            events: vec![WebhookEvent::Completed],
+        });
+        let canceled = j.cancel(now).unwrap();
+        assert_eq!(canceled.webhook_pending[0].event_type, EventType::JobCanceled);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use api_key::{ApiKey, ApiKeyRecord, Tier};
 pub use cursor::Cursor;
 pub use ids::{JobId, UserId};
 pub use job::{
-    Attempt, ImageRef, Job, JobError, JobStatus, Lease, NewJob, TransitionError, Webhook,
-    WebhookEvent,
+    Attempt, EventType, ImageRef, Job, JobError, JobStatus, Lease, NewJob, PendingEvent,
+    TransitionError, Webhook, WebhookDelivery, WebhookEvent, MAX_WEBHOOK_DELIVERIES,
 };
-pub use request::{ImageSize, JobRequest, Quality, SubmitJob, ValidationError};
+pub use request::{ImageSize, JobRequest, Quality, SubmitJob, ValidationError, WebhookSpec};

@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Webhook, WebhookEvent};
+
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4000;
 /// Longest negative prompt accepted, in characters.
@@ -175,6 +177,68 @@ pub struct SubmitJob {
     /// Client's own data, returned with the job; an object of at most [`MAX_METADATA_KEYS`] keys
     /// and [`MAX_METADATA_BYTES`] bytes.
     pub metadata: Option<serde_json::Value>,
+    /// Where to send events about the job; its shape is checked by [`WebhookSpec::validate`],
+    /// its address by the webhook guard (which needs DNS, so it is not part of [`Self::validate`]).
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// Longest webhook URL accepted, in bytes.
+pub const MAX_WEBHOOK_URL_BYTES: usize = 2048;
+
+/// A webhook subscription as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// The subscriber's URL.
+    pub url: Option<String>,
+    /// `running` and/or `completed`; default `[completed]`.
+    pub events: Option<Vec<String>>,
+}
+
+impl WebhookSpec {
+    /// Checks the shape: a URL of bounded length, known events (deduplicated, none is an error).
+    pub fn validate(self) -> Result<Webhook, ValidationError> {
+        let url = self
+            .url
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| ValidationError::new("webhook.url", "is required"))?;
+        if url.len() > MAX_WEBHOOK_URL_BYTES {
+            return Err(ValidationError::new(
+                "webhook.url",
+                format!("must be at most {MAX_WEBHOOK_URL_BYTES} bytes"),
+            ));
+        }
+        let events = match self.events {
+            None => vec![WebhookEvent::Completed],
+            Some(names) => {
+                let mut events = Vec::new();
+                for name in &names {
+                    let e = match name.as_str() {
+                        "running" => WebhookEvent::Running,
+                        "completed" => WebhookEvent::Completed,
+                        other => {
+                            return Err(ValidationError::new(
+                                "webhook.events",
+                                format!("must hold only running and completed (got {other:?})"),
+                            ))
+                        }
+                    };
+                    if !events.contains(&e) {
+                        events.push(e);
+                    }
+                }
+                if events.is_empty() {
+                    return Err(ValidationError::new(
+                        "webhook.events",
+                        "must name at least one event (running, completed)",
+                    ));
+                }
+                events
+            }
+        };
+        Ok(Webhook { url, events })
+    }
 }
 
 impl SubmitJob {
@@ -358,6 +422,32 @@ mod tests {
             let err = submit(body.clone()).expect_err(&body.to_string());
             assert_eq!(err.field, field, "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn webhook_shapes_are_checked_and_events_default_to_completed() {
+        let spec = |v: serde_json::Value| serde_json::from_value::<WebhookSpec>(v).unwrap();
+        let w = spec(serde_json::json!({"url": " https://a.example/h "}))
+            .validate()
+            .unwrap();
+        assert_eq!(w.url, "https://a.example/h");
+        assert_eq!(w.events, [WebhookEvent::Completed]);
+        let w = spec(serde_json::json!({"url": "https://a", "events": ["running", "running"]}))
+            .validate()
+            .unwrap();
+        assert_eq!(w.events, [WebhookEvent::Running]);
+        for (body, field) in [
+            (serde_json::json!({}), "webhook.url"),
+            (serde_json::json!({"url": "https://a", "events": []}), "webhook.events"),
+            (serde_json::json!({"url": "https://a", "events": ["done"]}), "webhook.events"),
+            (
+                serde_json::json!({"url": format!("https://a/{}", "x".repeat(3000))}),
+                "webhook.url",
+            ),
+        ] {
+            assert_eq!(spec(body).validate().unwrap_err().field, field);
+        }
+        assert!(serde_json::from_value::<WebhookSpec>(serde_json::json!({"uri": "x"})).is_err());
     }
 
     #[test]

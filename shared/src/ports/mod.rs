@@ -5,8 +5,10 @@ pub mod blob_store;
 pub mod job_store;
 pub mod provider;
 pub mod queue;
+pub mod webhook_secrets;
 
 pub use blob_store::{Blob, BlobError, BlobStore};
 pub use job_store::{JobPage, JobStore, ListQuery, StoreError};
 pub use provider::{GeneratedImage, GenerationRequest, ImageProvider, ProviderError};
 pub use queue::{JobMessage, Queue, QueueError, ReceivedMessage};
+pub use webhook_secrets::{secrets_for, WebhookSecretStore};

@@ -14,6 +14,7 @@ mod queue;
 mod resources;
 mod secrets;
 
+mod webhook_secrets;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +30,11 @@ pub use queue::{SqsQueue, MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT};
 pub use resources::{create_resources, ResourceError, ResourceNames};
 pub use secrets::parameters_by_path;
 
+pub use webhook_secrets::DynamoWebhookSecrets;
 use super::Services;
 use crate::clock::Clock;
 use crate::config::{AwsResources, ConfigError, Secret, Settings};
-use crate::ports::{BlobStore, JobStore, Queue};
+use crate::ports::{BlobStore, JobStore, Queue, WebhookSecretStore};
 
 /// How long connecting to an AWS endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,6 +146,8 @@ pub struct AwsBackend {
     /// Images in S3.
     pub blobs: Arc<dyn BlobStore>,
 }
+    /// Users' webhook secrets, in the jobs table.
+    pub webhook_secrets: Arc<dyn WebhookSecretStore>,
 
 impl std::fmt::Debug for AwsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,6 +191,10 @@ impl AwsBackend {
             webhooks_dlq: queue(&resources.webhooks_dlq_url),
             blobs: Arc::new(S3BlobStore::new(clients.s3.clone(), &resources.bucket)),
             clients,
+            webhook_secrets: Arc::new(DynamoWebhookSecrets::new(
+                clients.dynamodb.clone(),
+                &resources.table,
+            )),
         }
     }
 
@@ -202,6 +210,8 @@ impl AwsBackend {
             blobs: self.blobs,
             url_signer: None,
             clock,
+            webhook_secrets: self.webhook_secrets,
+            resolver: Arc::new(crate::webhooks::SystemResolver),
         }
     }
 }

@@ -51,6 +51,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX queue_messages_visible ON queue_messages (queue, visible_at);
     ",
+    // 3: users' webhook signing secrets (IF NOT EXISTS: safe whichever order migrations land in).
+    "
+    CREATE TABLE IF NOT EXISTS webhook_secrets (
+        user_id TEXT PRIMARY KEY NOT NULL,
+        version INTEGER NOT NULL,
+        doc     TEXT NOT NULL
+    );
+    ",
 ];
 
 /// Why the database could not be reached (as opposed to a statement failing).
