@@ -113,6 +113,39 @@ pub fn transport(e: &reqwest::Error, timeout: Duration) -> ProviderError {
     }
 }
 
+/// The time one call may take: what is left before `deadline`, at most the provider's `timeout`.
+pub fn budget(deadline: tokio::time::Instant, timeout: Duration) -> Duration {
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(timeout)
+}
+
+/// Runs `call` for at most `left`; a call still running then is a [`ProviderError::Timeout`].
+pub async fn within<T>(
+    left: Duration,
+    call: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    if left.is_zero() {
+        return Err(ProviderError::Timeout(Duration::ZERO));
+    }
+    tokio::time::timeout(left, call)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout(left)))
+}
+
+/// Largest error body read to learn why a provider refused.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What a non-success answer means; its body is read bounded, and `key` scrubbed from it.
+pub async fn failure(resp: reqwest::Response, key: &Secret, left: Duration) -> ProviderError {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = read_bounded(resp, MAX_ERROR_BODY, left)
+        .await
+        .unwrap_or_default();
+    classify(status, &headers, &body, Some(key))
+}
+
 /// Reads a body, giving up past `max` bytes.
 pub async fn read_bounded(
     mut resp: reqwest::Response,

@@ -10,7 +10,9 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::http::{classify, read_bounded, scrub, transport, MAX_RESPONSE_BYTES};
+use super::http::{
+    budget, classify, failure, read_bounded, scrub, transport, within, MAX_RESPONSE_BYTES,
+};
 use crate::config::Secret;
 use crate::domain::Quality;
 use crate::ports::{GeneratedImage, GenerationRequest, ImageProvider, ProviderError};
@@ -78,12 +80,7 @@ impl OpenAiProvider {
             .await
             .map_err(|e| transport(&e, left))?;
         if !resp.status().is_success() {
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = read_bounded(resp, 64 * 1024, left)
-                .await
-                .unwrap_or_default();
-            return Err(classify(status, &headers, &body, Some(&self.key)));
+            return Err(failure(resp, &self.key, left).await);
         }
         read_bounded(resp, MAX_DOWNLOAD_BYTES, left).await
     }
@@ -100,12 +97,7 @@ impl ImageProvider for OpenAiProvider {
         req: &GenerationRequest,
         deadline: Instant,
     ) -> Result<Vec<GeneratedImage>, ProviderError> {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.timeout);
-        if left.is_zero() {
-            return Err(ProviderError::Timeout(Duration::ZERO));
-        }
+        let left = budget(deadline, self.timeout);
         let call = async {
             let resp = self
                 .http
@@ -149,9 +141,6 @@ impl ImageProvider for OpenAiProvider {
             }
             Ok(images)
         };
-        match tokio::time::timeout(left, call).await {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError::Timeout(left)),
-        }
+        within(left, call).await
     }
 }

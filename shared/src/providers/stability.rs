@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use reqwest::multipart::Form;
 use tokio::time::Instant;
 
-use super::http::{classify, read_bounded, transport};
+use super::http::{budget, failure, read_bounded, transport, within};
 use crate::config::Secret;
 use crate::domain::ImageSize;
 use crate::ports::{GeneratedImage, GenerationRequest, ImageProvider, ProviderError};
@@ -101,13 +101,8 @@ impl StabilityProvider {
             .send()
             .await
             .map_err(|e| transport(&e, left))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if !status.is_success() {
-            let body = read_bounded(resp, 64 * 1024, left)
-                .await
-                .unwrap_or_default();
-            return Err(classify(status, &headers, &body, Some(&self.key)));
+        if !resp.status().is_success() {
+            return Err(failure(resp, &self.key, left).await);
         }
         Ok(GeneratedImage {
             bytes: read_bounded(resp, MAX_IMAGE_BYTES, left).await?,
@@ -126,9 +121,7 @@ impl ImageProvider for StabilityProvider {
         req: &GenerationRequest,
         deadline: Instant,
     ) -> Result<Vec<GeneratedImage>, ProviderError> {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.timeout);
+        let left = budget(deadline, self.timeout);
         let call = async {
             let mut images = Vec::with_capacity(usize::from(req.n));
             for i in 0..req.n {
@@ -136,10 +129,7 @@ impl ImageProvider for StabilityProvider {
             }
             Ok(images)
         };
-        match tokio::time::timeout(left, call).await {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError::Timeout(left)),
-        }
+        within(left, call).await
     }
 }
 
