@@ -1,12 +1,15 @@
 //! The SQLite file shared by the local job store and queues: opening, pragmas, schema migrations,
-//! and running statements off the async runtime.
+//! and running statements off the async runtime: writes group-committed on a writer thread,
+//! reads on their own connections.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::ports::{QueueError, StoreError};
 
@@ -75,29 +78,66 @@ pub enum DbError {
     Corrupt(String),
 }
 
+/// Most write requests committed together in one transaction.
+const MAX_GROUP: usize = 512;
+/// Write requests that may wait for the writer thread before senders wait too.
+const WRITE_QUEUE: usize = 4096;
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 4;
+/// Statements each connection keeps prepared (`prepare_cached`).
+const STATEMENT_CACHE: usize = 64;
+
 /// One SQLite database file, opened once per process and shared by the adapters.
 ///
-/// One connection behind a mutex: SQLite admits a single writer at a time anyway, and
-/// serialising inside the process spares the busy-handler's sleeps; other processes are kept
-/// apart by SQLite's file locks and the busy timeout.
+/// Writes go to one thread that owns the write connection. It takes every write request that
+/// arrived while it was busy and commits them in one transaction, each inside a savepoint so
+/// that a request that fails rolls back only its own statements: under load, one commit serves
+/// many requests instead of one each (group commit). Reads run on other connections, which WAL
+/// lets proceed while the writer writes. Other processes are kept apart by SQLite's file locks
+/// and the busy timeout.
 #[derive(Clone)]
 pub struct Db {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: mpsc::Sender<WriteTask>,
+    readers: Mutex<Vec<Connection>>,
     path: PathBuf,
+}
+
+/// A grouped write: runs inside the group's transaction and says how to answer once the
+/// group's commit is known.
+type GroupedWrite = Box<dyn FnOnce(&Connection) -> Settle + Send>;
+
+/// A request to the writer thread.
+enum WriteTask {
+    /// Runs in a savepoint of the current group's transaction; answered after the commit.
+    Grouped(GroupedWrite),
+    /// Runs alone on the connection, outside any transaction of the writer's, so it may open
+    /// its own.
+    Exclusive(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// What a grouped write did: whether its statements stay, and how to answer once the commit
+/// is known (`Err` when the commit failed).
+struct Settle {
+    keep: bool,
+    answer: Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).finish()
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
     }
 }
 
 impl Db {
-    /// Opens (creating if needed) and migrates the database at `path`. Blocking: call it at
-    /// startup or from a blocking task.
+    /// Opens (creating if needed) and migrates the database at `path`, and starts its writer
+    /// thread (it ends when the last handle is dropped). Blocking: call it at startup or from a
+    /// blocking task.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mut conn = connect(path)?;
         // WAL lets readers in other processes proceed while one writes; NORMAL is durable in
         // WAL mode except for the last transactions on power loss, which SQS does not promise
         // either.
@@ -109,39 +149,206 @@ impl Db {
             )));
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
         migrate(&mut conn)?;
         // The canonical path names the database in the per-process wake-up registry, so that
         // two handles on one file share their queues' notifications.
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let (writer, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("kiln-db-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| DbError::Task(format!("cannot start the database writer: {e}")))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
+            inner: Arc::new(Inner {
+                writer,
+                readers: Mutex::new(Vec::new()),
+                path,
+            }),
         })
     }
 
     /// The database file, canonicalised.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    /// Runs `f` on the connection in a blocking task, so the async runtime never waits on
-    /// SQLite's locks or the disk.
+    /// Runs `f` alone on the write connection, on the writer thread, so the async runtime
+    /// never waits on SQLite's locks or the disk. `f` may open its own transaction. Prefer
+    /// [`Db::write`] for writes and [`Db::read`] for reads: they do not hold up other requests.
     pub async fn call<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let (tx, rx) = oneshot::channel();
+        let task = WriteTask::Exclusive(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }));
+        self.submit(task).await?;
+        rx.await.map_err(|_| E::from(DbError::Task("a database call panicked".into())))?
+    }
+
+    /// Runs `f` in the writer's next group transaction, inside a savepoint: if `f` fails, its
+    /// statements are rolled back and the others of the group stay. Answers once the group is
+    /// committed, so a success is durable (as the WAL mode makes it) when it returns. `f` must
+    /// not open a transaction of its own.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let task = WriteTask::Grouped(Box::new(move |conn: &Connection| {
+            let out = f(conn);
+            let keep = out.is_ok();
+            Settle {
+                keep,
+                answer: Box::new(move |committed| {
+                    let out = match committed {
+                        Err(e) if keep => Err(E::from(DbError::Sqlite(copy_error(e)))),
+                        _ => out,
+                    };
+                    let _ = tx.send(out);
+                }),
+            }
+        }));
+        self.submit(task).await?;
+        rx.await.map_err(|_| E::from(DbError::Task("a database write panicked".into())))?
+    }
+
+    /// Runs `f` on a read connection in a blocking task. It sees every write that has
+    /// returned, and does not wait for the writer.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            // A panic inside `f` cannot leave a transaction open (dropping it rolls back), so
-            // the connection is still usable after poisoning.
-            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
+            let idle = inner
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => connect(&inner.path).map_err(E::from)?,
+            };
+            let out = f(&conn);
+            let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
         })
         .await
         .map_err(|e| E::from(DbError::Task(e.to_string())))?
+    }
+
+    async fn submit<E: From<DbError>>(&self, task: WriteTask) -> Result<(), E> {
+        self.inner
+            .writer
+            .send(task)
+            .await
+            .map_err(|_| E::from(DbError::Task("the database writer has stopped".into())))
+    }
+}
+
+/// A connection with the settings every connection of the process has.
+fn connect(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The writer thread: takes what has arrived (up to [`MAX_GROUP`]), runs the grouped writes in
+/// one transaction and the exclusive calls between groups, in arrival order.
+fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteTask>) {
+    let mut arrived = Vec::with_capacity(MAX_GROUP);
+    let mut group: Vec<GroupedWrite> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        arrived.push(first);
+        while arrived.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(task) => arrived.push(task),
+                Err(_) => break,
+            }
+        }
+        for task in arrived.drain(..) {
+            match task {
+                WriteTask::Grouped(f) => group.push(f),
+                WriteTask::Exclusive(f) => {
+                    run_group(&conn, &mut group);
+                    // A panic inside `f` cannot leave a transaction open (dropping it rolls
+                    // back), so the connection is still usable.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| f(&mut conn)));
+                }
+            }
+        }
+        run_group(&conn, &mut group);
+    }
+}
+
+/// Runs `group` in one `IMMEDIATE` transaction, each write in a savepoint, and answers each
+/// once the commit is known. If the transaction cannot start (another process holds the lock
+/// past the busy timeout), each write runs as a transaction of its own instead.
+fn run_group(conn: &Connection, group: &mut Vec<GroupedWrite>) {
+    if group.is_empty() {
+        return;
+    }
+    let in_tx = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let mut committed = Vec::with_capacity(group.len());
+    for f in group.drain(..) {
+        if conn.execute_batch("SAVEPOINT w").is_err() {
+            // Dropping `f` drops its answer's sender: the caller gets an error.
+            continue;
+        }
+        let settled = panic::catch_unwind(AssertUnwindSafe(|| f(conn)));
+        match settled {
+            Ok(s) if s.keep => match conn.execute_batch("RELEASE w") {
+                Ok(()) if in_tx => committed.push(s.answer),
+                // Outside a transaction, the release was the commit.
+                Ok(()) => (s.answer)(Ok(())),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+                    (s.answer)(Err(&e));
+                }
+            },
+            other => {
+                let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+                if let Ok(s) = other {
+                    (s.answer)(Ok(()));
+                }
+            }
+        }
+    }
+    if !in_tx {
+        return;
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => committed.into_iter().for_each(|a| a(Ok(()))),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            committed.into_iter().for_each(|a| a(Err(&e)));
+        }
+    }
+}
+
+/// A copy of a commit's error for each write of the group (`rusqlite::Error` is not `Clone`).
+fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
     }
 }
 
@@ -230,7 +437,7 @@ mod tests {
         let a = Db::open(&path).unwrap();
         let b = Db::open(&path).unwrap();
         for db in [a, b] {
-            let conn = db.conn.lock().unwrap();
+            let conn = Connection::open(db.path()).unwrap();
             let v: i64 = conn
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .unwrap();
@@ -240,6 +447,50 @@ mod tests {
                 .unwrap();
             assert_eq!(mode, "wal");
         }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_rolls_back_alone_and_reads_see_committed_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("kiln.db")).unwrap();
+        let insert = |id: &'static str, fail: bool| {
+            let db = db.clone();
+            async move {
+                db.write(move |conn| {
+                    conn.execute(
+                        "INSERT INTO api_keys (id, hash, user_id, created_at, doc)
+                         VALUES (?1, ?1, 'u', 0, '{}')",
+                        [id],
+                    )?;
+                    if fail {
+                        return Err(DbError::Task("refused".into()));
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        };
+        // Sent together, so the writer likely commits them in one group.
+        let (a, b, c) = tokio::join!(insert("a", false), insert("b", true), insert("c", false));
+        assert!(a.is_ok() && b.is_err() && c.is_ok());
+        let names: Vec<String> = db
+            .read(|conn| {
+                let mut stmt = conn.prepare("SELECT id FROM api_keys ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok::<_, DbError>(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, ["a", "c"]);
+        // An exclusive call may still open its own transaction.
+        db.call(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM api_keys", [])?;
+            tx.commit()?;
+            Ok::<_, DbError>(())
+        })
+        .await
+        .unwrap();
     }
 
     #[test]

@@ -56,12 +56,13 @@ impl JobStore for SqliteJobStore {
         let version = version_col(job.version)?;
         let (created, expires) = (to_millis(job.created_at), to_millis(job.expires_at));
         self.db
-            .call(move |conn| {
-                let n = conn.execute(
-                    "INSERT INTO jobs (id, user_id, status, version, created_at, expires_at, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-                    params![id, user, status.as_str(), version, created, expires, doc],
-                )?;
+            .write(move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "INSERT INTO jobs (id, user_id, status, version, created_at, expires_at, doc)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    )?
+                    .execute(params![id, user, status.as_str(), version, created, expires, doc])?;
                 if n == 0 {
                     return Err(StoreError::Conflict(format!("job {id} already exists")));
                 }
@@ -74,7 +75,7 @@ impl JobStore for SqliteJobStore {
         let id = id.to_string();
         let doc = self
             .db
-            .call(move |conn| {
+            .read(move |conn| {
                 Ok::<_, StoreError>(
                     conn.prepare_cached("SELECT doc FROM jobs WHERE id = ?1")?
                         .query_row([id], |r| r.get::<_, String>(0))
@@ -97,12 +98,13 @@ impl JobStore for SqliteJobStore {
         let doc = to_json(job)?;
         let (id, status, expires) = (job.id.to_string(), job.status, to_millis(job.expires_at));
         self.db
-            .call(move |conn| {
-                let n = conn.execute(
-                    "UPDATE jobs SET status = ?1, version = ?2, expires_at = ?3, doc = ?4
-                     WHERE id = ?5 AND version = ?6",
-                    params![status.as_str(), version, expires, doc, id, expected],
-                )?;
+            .write(move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE jobs SET status = ?1, version = ?2, expires_at = ?3, doc = ?4
+                         WHERE id = ?5 AND version = ?6",
+                    )?
+                    .execute(params![status.as_str(), version, expires, doc, id, expected])?;
                 if n == 0 {
                     return Err(StoreError::Conflict(format!(
                         "job {id} is missing or no longer at version {expected}"
@@ -123,7 +125,7 @@ impl JobStore for SqliteJobStore {
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
         let docs = self
             .db
-            .call(move |conn| {
+            .read(move |conn| {
                 query_docs(
                     conn,
                     "SELECT doc FROM jobs
@@ -154,7 +156,7 @@ impl JobStore for SqliteJobStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let docs = self
             .db
-            .call(move |conn| {
+            .read(move |conn| {
                 query_docs(
                     conn,
                     "SELECT doc FROM jobs WHERE status = ?1 AND created_at < ?2
@@ -212,7 +214,7 @@ impl JobStore for SqliteJobStore {
         let hash = hash.to_owned();
         let doc = self
             .db
-            .call(move |conn| {
+            .read(move |conn| {
                 Ok::<_, StoreError>(
                     conn.prepare_cached("SELECT doc FROM api_keys WHERE hash = ?1")?
                         .query_row([hash], |r| r.get::<_, String>(0))
@@ -226,7 +228,7 @@ impl JobStore for SqliteJobStore {
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let docs = self
             .db
-            .call(|conn| {
+            .read(|conn| {
                 query_docs(
                     conn,
                     "SELECT doc FROM api_keys ORDER BY created_at DESC, id DESC",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -123,7 +123,7 @@ impl SqliteQueue {
         let name = self.name.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
-            .call(move |conn| {
+            .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT message_id, body, sent_at, visible_at, receive_count
                      FROM queue_messages WHERE queue = ?1 ORDER BY seq LIMIT ?2",
@@ -157,7 +157,7 @@ impl SqliteQueue {
     pub async fn purge(&self) -> Result<u64, QueueError> {
         let name = self.name.clone();
         self.db
-            .call(move |conn| {
+            .write(move |conn| {
                 let n = conn.execute("DELETE FROM queue_messages WHERE queue = ?1", [name])?;
                 Ok(n as u64)
             })
@@ -177,8 +177,7 @@ impl SqliteQueue {
         let hide_for = duration_millis(self.visibility_timeout);
         let (taken, next, moved) = self
             .db
-            .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .write(move |tx| {
                 // Read the clock once the write lock is held, so that waiting for the lock
                 // cannot make a message look visible later than it is.
                 let now = to_millis(clock.now());
@@ -214,21 +213,21 @@ impl SqliteQueue {
                     for (seq, message_id, body, sent_at, count) in rows {
                         after_seq = seq;
                         if let Some(r) = redrive.as_ref().filter(|r| count >= r.max_receive_count) {
-                            tx.execute(
+                            tx.prepare_cached(
                                 "UPDATE queue_messages SET queue = ?1, receive_count = 0,
                                    visible_at = ?2, receipt_handle = NULL WHERE seq = ?3",
-                                params![r.dlq, now, seq],
-                            )?;
+                            )?
+                            .execute(params![r.dlq, now, seq])?;
                             moved += 1;
                             continue;
                         }
                         let receipt_handle = Uuid::new_v4().simple().to_string();
                         let receive_count = count.saturating_add(1);
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE queue_messages SET receive_count = ?1, visible_at = ?2,
                                receipt_handle = ?3 WHERE seq = ?4",
-                            params![receive_count, hidden_until, receipt_handle, seq],
-                        )?;
+                        )?
+                        .execute(params![receive_count, hidden_until, receipt_handle, seq])?;
                         taken.push(ReceivedMessage {
                             message_id,
                             receipt_handle,
@@ -239,16 +238,15 @@ impl SqliteQueue {
                     }
                 }
                 let next = if taken.is_empty() {
-                    let at: Option<i64> = tx.query_row(
-                        "SELECT min(visible_at) FROM queue_messages WHERE queue = ?1",
-                        [&name],
-                        |r| r.get(0),
-                    )?;
+                    let at: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT min(visible_at) FROM queue_messages WHERE queue = ?1",
+                        )?
+                        .query_row([&name], |r| r.get(0))?;
                     at.map(from_millis).transpose()?
                 } else {
                     None
                 };
-                tx.commit()?;
                 Ok::<_, QueueError>((taken, next, moved))
             })
             .await?;
@@ -272,13 +270,14 @@ impl SqliteQueue {
         let clock = Arc::clone(&self.clock);
         let after = duration_millis(after);
         self.db
-            .call(move |conn| {
+            .write(move |conn| {
                 let visible_at = to_millis(clock.now()).saturating_add(after);
-                let n = conn.execute(
-                    "UPDATE queue_messages SET visible_at = ?1
-                     WHERE queue = ?2 AND receipt_handle = ?3",
-                    params![visible_at, name, handle],
-                )?;
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE queue_messages SET visible_at = ?1
+                         WHERE queue = ?2 AND receipt_handle = ?3",
+                    )?
+                    .execute(params![visible_at, name, handle])?;
                 if n == 0 {
                     return Err(QueueError::InvalidReceipt(handle));
                 }
@@ -299,8 +298,7 @@ impl Queue for SqliteQueue {
         let clock = Arc::clone(&self.clock);
         let delay = duration_millis(delay);
         self.db
-            .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .write(move |tx| {
                 let now = to_millis(clock.now());
                 let visible_at = now.saturating_add(delay);
                 {
@@ -313,7 +311,6 @@ impl Queue for SqliteQueue {
                         stmt.execute(params![name, id, body, now, visible_at])?;
                     }
                 }
-                tx.commit()?;
                 Ok::<_, QueueError>(())
             })
             .await?;
@@ -358,11 +355,12 @@ impl Queue for SqliteQueue {
         let name = self.name.clone();
         let handle = receipt_handle.to_owned();
         self.db
-            .call(move |conn| {
-                let n = conn.execute(
-                    "DELETE FROM queue_messages WHERE queue = ?1 AND receipt_handle = ?2",
-                    params![name, handle],
-                )?;
+            .write(move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "DELETE FROM queue_messages WHERE queue = ?1 AND receipt_handle = ?2",
+                    )?
+                    .execute(params![name, handle])?;
                 if n == 0 {
                     return Err(QueueError::InvalidReceipt(handle));
                 }
@@ -384,7 +382,7 @@ impl Queue for SqliteQueue {
     async fn depth(&self) -> Result<u64, QueueError> {
         let name = self.name.clone();
         self.db
-            .call(move |conn| {
+            .read(move |conn| {
                 let n: i64 = conn.query_row(
                     "SELECT count(*) FROM queue_messages WHERE queue = ?1",
                     [name],
