@@ -105,7 +105,8 @@ pub async fn start(
             ..ApiConfig::from_settings(settings)
         },
     };
-    let app = kiln_api::router(state);
+    // Only here, not in the shared router: on Lambda, metrics are EMF log lines instead.
+    let app = kiln_api::router(state).route("/metrics", axum::routing::get(metrics));
     let mut rx = stop_rx;
     tasks.push(tokio::spawn(async move {
         let stopped = async move {
@@ -123,6 +124,17 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// `GET /metrics`: the process's metrics in Prometheus text format.
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        kiln_shared::metrics::render_prometheus(),
+    )
 }
 
 /// Starts the worker pool over `services`; it stops when `stop` turns true.

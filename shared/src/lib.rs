@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod images;
 pub mod logging;
+pub mod metrics;
 pub mod ports;
 pub mod providers;
 pub mod url_signing;

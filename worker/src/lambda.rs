@@ -10,6 +10,7 @@ use chrono::{TimeZone, Utc};
 use kiln_shared::adapters::aws::{parameters_by_path, AwsClients, AwsOverrides};
 use kiln_shared::adapters::Services;
 use kiln_shared::config::Settings;
+use kiln_shared::metrics;
 use kiln_shared::ports::ReceivedMessage;
 use kiln_shared::{logging, SystemClock};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -59,6 +60,11 @@ pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> SqsBatchRe
     let deadline = Instant::now() + Duration::from_millis(left_ms).saturating_sub(ANSWER_MARGIN);
     let messages: Vec<ReceivedMessage> = event.payload.records.into_iter().filter_map(received).collect();
     let failed = worker.process_batch(messages, deadline).await;
+    // One EMF document per invocation (plus one per provider called), on stdout, which Lambda
+    // sends to CloudWatch Logs, where the metrics are extracted.
+    for line in metrics::take_emf(&event.context.env_config.function_name, Utc::now()) {
+        println!("{line}");
+    }
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_shared::clock::Clock;
+use kiln_shared::metrics;
 use kiln_shared::domain::{
     Attempt, ImageRef, Job, JobError, JobId, JobRequest, JobStatus, TransitionError,
 };
@@ -186,6 +187,9 @@ impl Worker {
             match self.store.update(&claimed).await {
                 Ok(()) => {
                     info!(run = claimed.runs, "job claimed");
+                    if let (1, Some(started)) = (claimed.runs, claimed.started_at) {
+                        metrics::queue_wait(claimed.created_at, started);
+                    }
                     // A failed enqueue keeps the mark; the job's end sends it with its own.
                     return Ok(self.flush_webhooks(claimed).await.unwrap_or_else(|j| j));
                 }
@@ -261,6 +265,7 @@ impl Worker {
                 .await;
         }
         warn!(receive_count, message = %error.message, "releasing the job for a later delivery");
+        metrics::job_ended("released");
         let now = self.clock.now();
         match self
             .write(&job, |j| j.release(token, attempts.clone(), now))
@@ -324,6 +329,7 @@ impl Worker {
         {
             Write::Done(done) => {
                 info!(provider = %provider, images = done.images.len(), cost_usd = cost, "job succeeded");
+                metrics::job_ended("success");
                 self.ended(done).await
             }
             Write::Lost(current) => {
@@ -373,6 +379,7 @@ impl Worker {
         {
             Write::Done(failed) => {
                 info!(code = %error.code, retriable = error.retriable, "job failed");
+                metrics::job_ended("failed");
                 match self.ended(failed).await {
                     Outcome::Ack => done,
                     retry => retry,

@@ -171,6 +171,9 @@ impl Dispatcher {
             if Instant::now() >= deadline {
                 break;
             }
+            if !failures.is_empty() {
+                crate::metrics::fallback();
+            }
             if !breaker.allow(self.clock.now()) {
                 record(
                     &attempts,
@@ -371,6 +374,7 @@ fn record(
     cost_usd: f64,
     started_at: chrono::DateTime<chrono::Utc>,
 ) {
+    crate::metrics::provider_call(provider, outcome, latency, cost_usd);
     let attempt = Attempt {
         provider: provider.to_owned(),
         outcome: outcome.to_owned(),
