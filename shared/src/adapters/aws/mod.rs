@@ -13,8 +13,8 @@ mod job_store;
 mod queue;
 mod resources;
 mod secrets;
-
 mod webhook_secrets;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +29,8 @@ pub use job_store::{
 pub use queue::{SqsQueue, MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT};
 pub use resources::{create_resources, ResourceError, ResourceNames};
 pub use secrets::parameters_by_path;
-
 pub use webhook_secrets::DynamoWebhookSecrets;
+
 use super::Services;
 use crate::clock::Clock;
 use crate::config::{AwsResources, ConfigError, Secret, Settings};
@@ -145,9 +145,9 @@ pub struct AwsBackend {
     pub webhooks_dlq: Arc<dyn Queue>,
     /// Images in S3.
     pub blobs: Arc<dyn BlobStore>,
-}
     /// Users' webhook secrets, in the jobs table.
     pub webhook_secrets: Arc<dyn WebhookSecretStore>,
+}
 
 impl std::fmt::Debug for AwsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,11 +190,11 @@ impl AwsBackend {
             webhooks_queue: queue(&resources.webhooks_queue_url),
             webhooks_dlq: queue(&resources.webhooks_dlq_url),
             blobs: Arc::new(S3BlobStore::new(clients.s3.clone(), &resources.bucket)),
-            clients,
             webhook_secrets: Arc::new(DynamoWebhookSecrets::new(
                 clients.dynamodb.clone(),
                 &resources.table,
             )),
+            clients,
         }
     }
 

@@ -7,8 +7,8 @@ mod blob_store;
 mod db;
 mod job_store;
 mod queue;
-
 mod webhook_secrets;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +20,8 @@ pub use blob_store::{content_type_for, validate_key, FileBlobStore, MAX_KEY_LEN}
 pub use db::{Db, DbError};
 pub use job_store::SqliteJobStore;
 pub use queue::{QueuedMessage, SqliteQueue, MAX_BATCH};
-
 pub use webhook_secrets::SqliteWebhookSecrets;
+
 use crate::clock::Clock;
 use crate::config::Secret;
 use crate::ports::StoreError;
@@ -74,9 +74,9 @@ pub struct LocalBackend {
     pub blobs: Arc<FileBlobStore>,
     /// Signs the image URLs the API serves; the same key as `blobs` uses.
     pub url_signer: UrlSigner,
-}
     /// Users' webhook signing secrets.
     pub webhook_secrets: Arc<SqliteWebhookSecrets>,
+}
 
 impl LocalBackend {
     /// Creates `data_dir` if needed, opens and migrates `data_dir/kiln.db`, keeps images under
@@ -114,8 +114,8 @@ impl LocalBackend {
             queue(queue_names::WEBHOOKS).with_redrive(&webhooks_dlq, opts.max_receive_count);
         let blobs = FileBlobStore::new(data_dir.join(BLOB_DIR), url_signer.clone(), clock);
         Ok(Self {
-            store: Arc::new(SqliteJobStore::new(db)),
             webhook_secrets: Arc::new(SqliteWebhookSecrets::new(db.clone())),
+            store: Arc::new(SqliteJobStore::new(db)),
             jobs_queue: Arc::new(jobs_queue),
             jobs_dlq: Arc::new(jobs_dlq),
             webhooks_queue: Arc::new(webhooks_queue),
