@@ -6,4 +6,5 @@ mod contract_aws;
 mod contract_local;
 mod durability;
 mod lambda;
+mod metrics;
 mod providers;
