@@ -1,4 +1,5 @@
-//! Who is calling: `Authorization: Bearer <key>`, checked against the stored key hashes.
+//! Who is calling: `Authorization: Bearer <credential>`, an API key checked against the stored
+//! key hashes or, where JWT is configured and the credential has a JWT's shape, a JWT.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -7,8 +8,10 @@ use kiln_shared::domain::{ApiKey, Tier, UserId};
 
 use crate::{ApiError, AppState};
 
-/// Longest credential looked up; anything longer cannot be one of ours.
+/// Longest API key looked up; anything longer cannot be one of ours.
 const MAX_KEY_LEN: usize = 256;
+/// Longest bearer credential read at all (a JWT with many claims is a few KiB).
+const MAX_TOKEN_LEN: usize = 8192;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,17 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        if let Some(jwt) = &state.config.jwt {
+            if crate::jwt::looks_like_jwt(presented) {
+                let caller = jwt.verify(presented).await?;
+                tracing::Span::current()
+                    .record("user_id", tracing::field::display(&caller.user_id));
+                return Ok(caller);
+            }
+        }
+        if presented.len() > MAX_KEY_LEN {
+            return Err(ApiError::Unauthorized);
+        }
         let key = ApiKey::from_presented(presented);
         let record = state
             .store
@@ -46,7 +60,7 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
     let token = token.trim();
     let well_formed = scheme.eq_ignore_ascii_case("bearer")
         && !token.is_empty()
-        && token.len() <= MAX_KEY_LEN
+        && token.len() <= MAX_TOKEN_LEN
         && token.bytes().all(|b| b.is_ascii_graphic());
     well_formed.then_some(token)
 }
@@ -73,6 +87,9 @@ mod tests {
         assert_eq!(token("Bearer"), None);
         assert_eq!(token("Bearer "), None);
         assert_eq!(token("Bearer a b"), None);
-        assert_eq!(token(&format!("Bearer {}", "k".repeat(300))), None);
+        assert_eq!(
+            token(&format!("Bearer {}", "k".repeat(MAX_TOKEN_LEN + 1))),
+            None
+        );
     }
 }

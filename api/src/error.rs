@@ -10,6 +10,10 @@ use kiln_shared::domain::{JobStatus, ValidationError};
 use kiln_shared::ports::{BlobError, QueueError, StoreError};
 use serde::Serialize;
 
+/// `Retry-After` of a refusal for too many jobs in flight: jobs of the built-in renderer end in
+/// well under that, those of remote providers in seconds to a minute.
+const IN_FLIGHT_RETRY_SECS: u64 = 5;
+
 /// Everything a handler can answer instead of success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -51,6 +55,18 @@ pub enum ApiError {
         /// How long to wait.
         retry_after: Duration,
     },
+    /// The caller's jobs in flight would pass the tier's cap.
+    #[error("too many jobs in flight: at most {limit} may be pending or running at once")]
+    TooManyInFlight {
+        /// The cap.
+        limit: u32,
+    },
+    /// The `Idempotency-Key` was sent before with another body (or route).
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    /// A request with this `Idempotency-Key` is still being processed.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInProgress,
     /// A bug or an impossible state; the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,7 +95,10 @@ impl ApiError {
             Self::JobFinished(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyInFlight { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::IdempotencyConflict | Self::IdempotencyInProgress => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -97,9 +116,23 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::TooManyInFlight { .. } => "rate_limited",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
             Self::Internal(_) => "internal",
             Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The error as clients see it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code(),
+            message: self.public_message(),
+            field: match self {
+                Self::InvalidRequest { field, .. } => field.clone(),
+                _ => None,
+            },
         }
     }
 
@@ -138,14 +171,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self, "request refused");
         }
-        let body = ErrorBody {
-            code: self.code(),
-            message: self.public_message(),
-            field: match &self {
-                Self::InvalidRequest { field, .. } => field.clone(),
-                _ => None,
-            },
-        };
+        let body = self.body();
         let mut response = (status, Json(Envelope { error: &body })).into_response();
         let headers = response.headers_mut();
         match &self {
@@ -155,6 +181,12 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after } => {
                 let secs = retry_after.as_secs().max(1);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Self::TooManyInFlight { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(IN_FLIGHT_RETRY_SECS));
+            }
+            Self::IdempotencyInProgress => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             _ => {}
         }

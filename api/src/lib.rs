@@ -5,12 +5,18 @@
 
 pub mod auth;
 pub mod body;
+pub mod error;
+pub mod idempotency;
+pub mod intake;
+pub mod jwt;
 #[cfg(feature = "lambda")]
 pub mod lambda;
-pub mod error;
+pub mod limits;
+pub mod openapi;
 pub mod prefer;
 pub mod routes;
 pub mod submit;
+pub mod templates;
 pub mod view;
 
 use std::sync::Arc;
@@ -20,11 +26,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::routing::{get, post};
 use axum::Router;
-use kiln_shared::config::Settings;
+use kiln_shared::config::{Limits, Settings};
 use kiln_shared::ports::{BlobStore, JobStore, Queue};
 use kiln_shared::url_signing::UrlSigner;
 use kiln_shared::webhooks::{GuardPolicy, SystemResolver, WebhookGuard};
 use kiln_shared::Clock;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 pub use auth::Caller;
@@ -66,6 +73,12 @@ pub struct ApiConfig {
     pub max_wait: Duration,
     /// Checks webhook URLs at submit (scheme, and every address the host resolves to).
     pub webhook_guard: WebhookGuard,
+    /// Checks JWT bearer tokens; `None` accepts API keys only.
+    pub jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// Rate limits and caps on jobs in flight, per tier.
+    pub limits: Limits,
+    /// Origins allowed by CORS (`*` for any); empty sends no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl ApiConfig {
@@ -84,6 +97,9 @@ impl ApiConfig {
                 },
                 Arc::new(SystemResolver),
             ),
+            jwt: s.jwt.clone().map(|j| Arc::new(jwt::JwtVerifier::new(j))),
+            limits: s.limits,
+            cors_origins: s.cors_origins.clone(),
         }
     }
 }
@@ -96,11 +112,22 @@ pub fn router(state: AppState) -> Router {
             "/v1/jobs",
             post(routes::jobs::create).get(routes::jobs::list),
         )
+        .route("/v1/jobs/batch", post(routes::jobs::batch))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/images/{*key}", get(routes::images::get))
         .route("/v1/usage", get(routes::usage::get))
+        .route(
+            "/v1/templates",
+            post(routes::templates::create).get(routes::templates::list),
+        )
+        .route(
+            "/v1/templates/{name}",
+            get(routes::templates::get).delete(routes::templates::delete),
+        )
         .route("/healthz", get(routes::health))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs))
         .method_not_allowed_fallback(routes::method_not_allowed);
     // The fallback is set before the layer so that a wrong method gets the seed envelope too.
     let seed = Router::new()
@@ -108,11 +135,49 @@ pub fn router(state: AppState) -> Router {
         .route("/api/generate/batch", post(routes::seed::batch))
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::map_response(routes::seed::envelope));
-    v1.merge(seed)
+    let cors = cors(&state.config.cors_origins);
+    let app = v1
+        .merge(seed)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state)
+        .layer(TraceLayer::new_for_http().make_span_with(request_span));
+    // Outermost, so that a preflight is answered before routing and every answer, errors
+    // included, carries the headers.
+    match cors {
+        Some(cors) => app.layer(cors).with_state(state),
+        None => app.with_state(state),
+    }
+}
+
+/// The CORS layer for `origins` (`*` for any); `None` for no origins.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                idempotency::IDEMPOTENCY_KEY.clone(),
+                prefer::PREFER.clone(),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                prefer::PREFERENCE_APPLIED.clone(),
+                HeaderName::from_static("www-authenticate"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// The span of one request. Only the path is recorded: the query of an image URL carries its

@@ -14,14 +14,22 @@ pub const MAX_BATCH: usize = 100;
 /// Most messages one `Queue::send` carries (the SQS batch limit).
 const SEND_BATCH: usize = 10;
 
-/// Validates every body, then stores and enqueues the jobs in order. If any body is invalid,
-/// nothing is stored; the error's field is prefixed by `items[i].` when there is more than one
-/// body, so the client knows which item to fix.
-///
-/// A failed enqueue is logged and otherwise ignored: the job is already durable and pending,
-/// and the worker pool's sweeper re-enqueues pending jobs that sat too long, so the client gets
-/// its `202` and the job still runs, only later.
+/// Validates every body, then stores and enqueues the jobs in order, all or none: the first
+/// job that cannot be stored is the error. See [`prepare`] and [`store`].
 pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    bodies: Vec<SubmitJob>,
+    batch: bool,
+) -> Result<Vec<Job>, ApiError> {
+    let jobs = prepare(state, caller, bodies, batch).await?;
+    store(state, jobs).await.into_iter().collect()
+}
+
+/// Validates every body and makes the pending jobs, storing nothing. If any body is invalid,
+/// the error's field is prefixed by `items[i].` when there is more than one body, so the client
+/// knows which item to fix.
+pub async fn prepare(
     state: &AppState,
     caller: &Caller,
     bodies: Vec<SubmitJob>,
@@ -69,12 +77,24 @@ pub async fn submit(
         }
     }
 
-    // The port has no multi-item write; a store failure part-way leaves the earlier jobs
-    // pending, where the sweeper finds and runs them.
-    for job in &jobs {
-        state.store.insert(job).await?;
-    }
-    for chunk in jobs.chunks(SEND_BATCH) {
+    Ok(jobs)
+}
+
+/// Stores the jobs (one batch write) and enqueues their ids in batches of [`SEND_BATCH`]; one
+/// result per job, in order: the job, or why it was not stored. Only stored jobs are enqueued.
+///
+/// A failed enqueue is logged and otherwise ignored: the job is already durable and pending,
+/// and the worker pool's sweeper re-enqueues pending jobs that sat too long, so the client gets
+/// its `202` and the job still runs, only later.
+pub async fn store(state: &AppState, jobs: Vec<Job>) -> Vec<Result<Job, ApiError>> {
+    let (stored, mut first_error) = match state.store.insert_many(&jobs).await {
+        Ok(()) => (jobs.len(), None),
+        Err((n, e)) => {
+            tracing::warn!(error = %e, stored = n, of = jobs.len(), "storing jobs failed");
+            (n, Some(ApiError::from(e)))
+        }
+    };
+    for chunk in jobs[..stored].chunks(SEND_BATCH) {
         let bodies: Vec<String> = chunk
             .iter()
             .map(|j| JobMessage { job_id: j.id }.encode())
@@ -88,8 +108,17 @@ pub async fn submit(
             );
         }
     }
-    for job in &jobs {
-        tracing::info!(job_id = %job.id, user_id = %job.user_id, "job accepted");
-    }
-    Ok(jobs)
+    jobs.into_iter()
+        .enumerate()
+        .map(|(i, job)| {
+            if i < stored {
+                tracing::info!(job_id = %job.id, user_id = %job.user_id, "job accepted");
+                Ok(job)
+            } else {
+                Err(first_error.take().unwrap_or_else(|| {
+                    ApiError::Unavailable(format!("job {} was not stored", job.id))
+                }))
+            }
+        })
+        .collect()
 }

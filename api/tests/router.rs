@@ -76,6 +76,18 @@ async fn spawn_app() -> TestApp {
             max_body_bytes: 4096,
             max_wait: Duration::from_secs(25),
             webhook_guard: Default::default(),
+            jwt: None,
+            limits: kiln_shared::config::Limits {
+                standard: kiln_shared::domain::TierLimits {
+                    rate: None,
+                    max_in_flight: None,
+                },
+                vip: kiln_shared::domain::TierLimits {
+                    rate: None,
+                    max_in_flight: None,
+                },
+            },
+            cors_origins: Vec::new(),
         },
     };
     let mut app = TestApp {
@@ -689,6 +701,68 @@ impl JobStore for DownStore {
         _: &str,
         _: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<ApiKeyRecord>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn claim_idempotency_key(
+        &self,
+        _: &kiln_shared::domain::IdempotencyRecord,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kiln_shared::ports::IdempotencyClaim, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn complete_idempotency_key(
+        &self,
+        _: &kiln_shared::domain::IdempotencyRecord,
+    ) -> Result<(), kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn release_idempotency_key(
+        &self,
+        _: &UserId,
+        _: &kiln_shared::domain::IdempotencyKey,
+    ) -> Result<(), kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn take_rate_token(
+        &self,
+        _: &UserId,
+        _: chrono::DateTime<chrono::Utc>,
+        _: Duration,
+        _: u32,
+    ) -> Result<bool, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn count_in_flight(
+        &self,
+        _: &UserId,
+        _: usize,
+    ) -> Result<usize, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn insert_template(
+        &self,
+        _: &kiln_shared::domain::Template,
+    ) -> Result<(), kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn get_template(
+        &self,
+        _: Option<&UserId>,
+        _: &str,
+    ) -> Result<Option<kiln_shared::domain::Template>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn list_templates(
+        &self,
+        _: Option<&UserId>,
+    ) -> Result<Vec<kiln_shared::domain::Template>, kiln_shared::ports::StoreError> {
+        down()
+    }
+    async fn delete_template(
+        &self,
+        _: Option<&UserId>,
+        _: &str,
+    ) -> Result<bool, kiln_shared::ports::StoreError> {
         down()
     }
 }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::domain::{RateLimit, Tier, TierLimits};
+
 /// A configuration error, naming the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {message}")]
@@ -131,6 +133,119 @@ impl AwsResources {
     }
 }
 
+/// JWT bearer tokens, accepted beside API keys when `KILN_JWT_SECRET` or `KILN_JWT_JWKS_URL` is
+/// set; issuer and audience are then required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// `KILN_JWT_SECRET`: the HS256 shared secret.
+    pub hs256_secret: Option<Secret>,
+    /// `KILN_JWT_JWKS_URL`: where the RS256 public keys are published (a JWKS, as Cognito's).
+    pub jwks_url: Option<String>,
+    /// `KILN_JWT_ISSUER`: the `iss` every token must carry.
+    pub issuer: String,
+    /// `KILN_JWT_AUDIENCE`: an `aud` every token must carry.
+    pub audience: String,
+    /// `KILN_JWT_TIER_CLAIM`: the claim holding the tier (`standard` or `vip`); default `tier`.
+    /// A token without it is `standard`.
+    pub tier_claim: String,
+    /// `KILN_JWT_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`; default 30.
+    pub leeway: Duration,
+}
+
+impl JwtSettings {
+    fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<'_, F>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let hs256_secret = env.text("KILN_JWT_SECRET").map(Secret::new);
+        let jwks_url = env.text("KILN_JWT_JWKS_URL");
+        if hs256_secret.is_none() && jwks_url.is_none() {
+            return Ok(None);
+        }
+        if let Some(secret) = &hs256_secret {
+            if secret.expose().len() < 32 {
+                return Err(ConfigError::new(
+                    "KILN_JWT_SECRET",
+                    "must be at least 32 bytes for HS256",
+                ));
+            }
+        }
+        if let Some(u) = &jwks_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    "KILN_JWT_JWKS_URL",
+                    format!("must be an http(s) URL (got {u:?})"),
+                ));
+            }
+        }
+        let because = "KILN_JWT_SECRET or KILN_JWT_JWKS_URL is set";
+        Ok(Some(Self {
+            hs256_secret,
+            jwks_url,
+            issuer: env.required("KILN_JWT_ISSUER", because)?,
+            audience: env.required("KILN_JWT_AUDIENCE", because)?,
+            tier_claim: env
+                .text("KILN_JWT_TIER_CLAIM")
+                .unwrap_or_else(|| "tier".to_owned()),
+            leeway: env.secs("KILN_JWT_LEEWAY_SECS", 30)?,
+        }))
+    }
+}
+
+/// Per-tier limits: `KILN_RATE_LIMIT_{STANDARD,VIP}` (`N/s`, `N/min`, `N/h` or `off`; default
+/// 60/min and 600/min) and `KILN_MAX_IN_FLIGHT_{STANDARD,VIP}` (a count or `off`; default 20
+/// and 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The `standard` tier's.
+    pub standard: TierLimits,
+    /// The `vip` tier's.
+    pub vip: TierLimits,
+}
+
+impl Limits {
+    /// The limits of `tier`.
+    pub fn of(&self, tier: Tier) -> TierLimits {
+        match tier {
+            Tier::Standard => self.standard,
+            Tier::Vip => self.vip,
+        }
+    }
+
+    fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<Self, ConfigError> {
+        let rate = |var: &str, default: RateLimit| -> Result<Option<RateLimit>, ConfigError> {
+            match env.text(var).as_deref() {
+                None => Ok(Some(default)),
+                Some("off") => Ok(None),
+                Some(_) => env.parse(var, default).map(Some),
+            }
+        };
+        let cap = |var: &str, default: u32| -> Result<Option<u32>, ConfigError> {
+            match env.text(var).as_deref() {
+                None => Ok(Some(default)),
+                Some("off") => Ok(None),
+                Some(_) => match env.parse(var, default)? {
+                    0 => Err(ConfigError::new(var, "must be at least 1, or off")),
+                    n => Ok(Some(n)),
+                },
+            }
+        };
+        let per_min = |requests| RateLimit {
+            requests,
+            window: Duration::from_secs(60),
+        };
+        Ok(Self {
+            standard: TierLimits {
+                rate: rate("KILN_RATE_LIMIT_STANDARD", per_min(60))?,
+                max_in_flight: cap("KILN_MAX_IN_FLIGHT_STANDARD", 20)?,
+            },
+            vip: TierLimits {
+                rate: rate("KILN_RATE_LIMIT_VIP", per_min(600))?,
+                max_in_flight: cap("KILN_MAX_IN_FLIGHT_VIP", 200)?,
+            },
+        })
+    }
+}
+
 /// Every setting of a Kiln process.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -182,6 +297,13 @@ pub struct Settings {
     pub webhook_retry_delays: Vec<Duration>,
     /// The AWS resource names; `Some` exactly when `backend` is `aws`.
     pub aws: Option<AwsResources>,
+    /// JWT validation; `None` unless `KILN_JWT_SECRET` or `KILN_JWT_JWKS_URL` is set.
+    pub jwt: Option<JwtSettings>,
+    /// Rate limits and caps on jobs in flight, per tier.
+    pub limits: Limits,
+    /// `KILN_CORS_ORIGINS`: comma-separated origins allowed to call the API from a browser, or
+    /// `*` for any; none by default (no CORS headers at all).
+    pub cors_origins: Vec<String>,
 }
 
 /// Waits before each retry of a failed webhook delivery: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
@@ -290,8 +412,34 @@ impl Settings {
                     .collect(),
             },
             aws,
+            jwt: JwtSettings::from_env(&env)?,
+            limits: Limits::from_env(&env)?,
+            cors_origins: cors_origins(&env)?,
         })
     }
+}
+
+fn cors_origins<F: Fn(&str) -> Option<String>>(
+    env: &Env<'_, F>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = env.text("KILN_CORS_ORIGINS") else {
+        return Ok(Vec::new());
+    };
+    let origins: Vec<String> = list
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for o in &origins {
+        let ok = o == "*" || o.starts_with("http://") || o.starts_with("https://");
+        if !ok || (o == "*" && origins.len() > 1) {
+            return Err(ConfigError::new(
+                "KILN_CORS_ORIGINS",
+                format!("expected `*` alone or http(s) origins separated by commas (got {o:?})"),
+            ));
+        }
+    }
+    Ok(origins)
 }
 
 struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
@@ -435,6 +583,78 @@ mod tests {
             ("KILN_WEBHOOK_RETRY_DELAYS", "5,x"),
         ] {
             assert_eq!(settings(&[(var, val)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn jwt_needs_issuer_and_audience_and_names_each_variable() {
+        assert!(settings(&[]).unwrap().jwt.is_none());
+        let secret = ("KILN_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let err = settings(&[secret]).unwrap_err();
+        assert_eq!(err.var, "KILN_JWT_ISSUER");
+        let err = settings(&[secret, ("KILN_JWT_ISSUER", "i")]).unwrap_err();
+        assert_eq!(err.var, "KILN_JWT_AUDIENCE");
+        let full = [
+            secret,
+            ("KILN_JWT_ISSUER", "https://issuer"),
+            ("KILN_JWT_AUDIENCE", "kiln"),
+            ("KILN_JWT_TIER_CLAIM", "custom:tier"),
+        ];
+        let jwt = settings(&full).unwrap().jwt.unwrap();
+        assert_eq!(jwt.tier_claim, "custom:tier");
+        assert_eq!(jwt.leeway, Duration::from_secs(30));
+        assert!(!format!("{jwt:?}").contains("0123456789abcdef"));
+        for (var, val) in [
+            ("KILN_JWT_SECRET", "short"),
+            ("KILN_JWT_JWKS_URL", "ftp://keys"),
+            ("KILN_JWT_LEEWAY_SECS", "-3"),
+        ] {
+            let mut vars = full.to_vec();
+            vars.push((var, val));
+            assert_eq!(settings(&vars).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn limits_default_per_tier_and_can_be_turned_off() {
+        let l = settings(&[]).unwrap().limits;
+        assert_eq!(l.standard.rate.unwrap().to_string(), "60/min");
+        assert_eq!(l.vip.rate.unwrap().to_string(), "600/min");
+        assert_eq!(l.of(Tier::Standard).max_in_flight, Some(20));
+        assert_eq!(l.of(Tier::Vip).max_in_flight, Some(200));
+        let l = settings(&[
+            ("KILN_RATE_LIMIT_STANDARD", "5/s"),
+            ("KILN_RATE_LIMIT_VIP", "off"),
+            ("KILN_MAX_IN_FLIGHT_VIP", "off"),
+        ])
+        .unwrap()
+        .limits;
+        assert_eq!(l.standard.rate.unwrap().window, Duration::from_secs(1));
+        assert_eq!(
+            l.vip,
+            TierLimits {
+                rate: None,
+                max_in_flight: None
+            }
+        );
+        for (var, val) in [
+            ("KILN_RATE_LIMIT_STANDARD", "60"),
+            ("KILN_RATE_LIMIT_VIP", "0/min"),
+            ("KILN_MAX_IN_FLIGHT_STANDARD", "0"),
+            ("KILN_MAX_IN_FLIGHT_VIP", "many"),
+        ] {
+            assert_eq!(settings(&[(var, val)]).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_or_a_star() {
+        assert!(settings(&[]).unwrap().cors_origins.is_empty());
+        let s = settings(&[("KILN_CORS_ORIGINS", "https://a.test, http://b.test:8080/")]).unwrap();
+        assert_eq!(s.cors_origins, ["https://a.test", "http://b.test:8080"]);
+        for bad in ["a.test", "*,https://a.test"] {
+            let err = settings(&[("KILN_CORS_ORIGINS", bad)]).unwrap_err();
+            assert_eq!(err.var, "KILN_CORS_ORIGINS");
         }
     }
 

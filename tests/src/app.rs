@@ -36,7 +36,12 @@ pub struct TestOptions {
     pub env: Vec<(&'static str, String)>,
     /// Providers to use instead of the built-in renderer.
     pub providers: Option<Providers>,
+    /// Changes the adapters before the app starts (a failing queue, a fake resolver).
+    pub services: Option<ServicesHook>,
 }
+
+/// A change to the adapters the app is started with.
+pub type ServicesHook = Box<dyn FnOnce(&mut Services) + Send>;
 
 impl Default for TestOptions {
     fn default() -> Self {
@@ -44,6 +49,7 @@ impl Default for TestOptions {
             worker: true,
             env: Vec::new(),
             providers: None,
+            services: None,
         }
     }
 }
@@ -85,10 +91,19 @@ impl TestApp {
             ("KILN_ADDR".into(), "127.0.0.1:0".into()),
             ("KILN_DATA_DIR".into(), dir.path().display().to_string()),
         ]);
+        // No limits unless a test asks for them: most tests submit in bursts.
+        for var in [
+            "KILN_RATE_LIMIT_STANDARD",
+            "KILN_RATE_LIMIT_VIP",
+            "KILN_MAX_IN_FLIGHT_STANDARD",
+            "KILN_MAX_IN_FLIGHT_VIP",
+        ] {
+            vars.insert(var.into(), "off".into());
+        }
         for (k, v) in opts.env {
             vars.insert(k.into(), v);
         }
-        let (settings, services) = match backend {
+        let (settings, mut services) = match backend {
             Some((mut settings, services)) => {
                 settings.addr = ([127, 0, 0, 1], 0).into();
                 (settings, services)
@@ -103,6 +118,9 @@ impl TestApp {
                 (settings, services)
             }
         };
+        if let Some(hook) = opts.services {
+            hook(&mut services);
+        }
         let providers = opts
             .providers
             .unwrap_or_else(|| Providers::local_only(settings.local_latency));

@@ -52,6 +52,165 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
     lists_page_newest_first_per_user(&*store).await;
     stale_pending_and_expired_jobs_are_found(&*store).await;
     api_keys_are_stored_found_and_revoked(&*store).await;
+    idempotency_keys_are_claimed_once(&store).await;
+    rate_windows_count_atomically(&store).await;
+    jobs_in_flight_are_counted(&*store).await;
+    templates_are_stored_per_owner(&*store).await;
+}
+
+async fn idempotency_keys_are_claimed_once(store: &Arc<dyn JobStore>) {
+    use kiln_shared::domain::{IdempotencyKey, IdempotencyRecord, IdempotencyState, ItemOutcome};
+    use kiln_shared::ports::IdempotencyClaim;
+    let run = run_id();
+    let alice = user(&run, "alice");
+    let key = IdempotencyKey::parse("order 1").unwrap();
+    let now = Utc::now();
+    let record = IdempotencyRecord::claim(alice.clone(), key.clone(), "h1".into(), now);
+    let claims = futures::future::join_all((0..10).map(|_| {
+        let store = Arc::clone(store);
+        let record = record.clone();
+        async move { store.claim_idempotency_key(&record, now).await.unwrap() }
+    }))
+    .await;
+    let won = claims
+        .iter()
+        .filter(|c| **c == IdempotencyClaim::Claimed)
+        .count();
+    assert_eq!(won, 1, "exactly one concurrent claim wins");
+    // Another user's identical key is theirs.
+    let bob = IdempotencyRecord::claim(user(&run, "bob"), key.clone(), "h2".into(), now);
+    assert_eq!(
+        store.claim_idempotency_key(&bob, now).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+
+    let mut done = record.clone();
+    done.state = IdempotencyState::Completed {
+        items: vec![ItemOutcome::Job {
+            id: kiln_shared::domain::JobId::new(),
+        }],
+    };
+    store.complete_idempotency_key(&done).await.unwrap();
+    // A completed key is not released, and is found as completed.
+    store.release_idempotency_key(&alice, &key).await.unwrap();
+    assert_eq!(
+        store.claim_idempotency_key(&record, now).await.unwrap(),
+        IdempotencyClaim::Existing(done.clone())
+    );
+    // Past its expiry it may be claimed anew.
+    let later = done.expires_at + chrono::Duration::seconds(1);
+    let fresh = IdempotencyRecord::claim(alice.clone(), key.clone(), "h3".into(), later);
+    assert_eq!(
+        store.claim_idempotency_key(&fresh, later).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    // An in-progress claim released is free again.
+    store.release_idempotency_key(&alice, &key).await.unwrap();
+    assert_eq!(
+        store.claim_idempotency_key(&fresh, later).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+}
+
+async fn rate_windows_count_atomically(store: &Arc<dyn JobStore>) {
+    let run = run_id();
+    let u = user(&run, "rate");
+    let start = Utc::now();
+    let window = Duration::from_secs(60);
+    let taken = futures::future::join_all((0..12).map(|_| {
+        let store = Arc::clone(store);
+        let u = u.clone();
+        async move { store.take_rate_token(&u, start, window, 5).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(taken.iter().filter(|t| **t).count(), 5);
+    // The next window starts empty; another user has a budget of their own.
+    let next = start + chrono::Duration::seconds(60);
+    assert!(store.take_rate_token(&u, next, window, 5).await.unwrap());
+    assert!(store
+        .take_rate_token(&user(&run, "other"), start, window, 1)
+        .await
+        .unwrap());
+}
+
+async fn jobs_in_flight_are_counted(store: &dyn JobStore) {
+    let run = run_id();
+    let u = user(&run, "busy");
+    let now = Utc::now();
+    let jobs: Vec<Job> = (0..4).map(|_| new_job(&u, now)).collect();
+    store.insert_many(&jobs).await.map_err(|(_, e)| e).unwrap();
+    let running = jobs[1].claim(now, Duration::from_secs(60)).unwrap();
+    store.update(&running).await.unwrap();
+    let canceled = jobs[2].cancel(now).unwrap();
+    store.update(&canceled).await.unwrap();
+    assert_eq!(store.count_in_flight(&u, 100).await.unwrap(), 3);
+    assert_eq!(store.count_in_flight(&u, 2).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .count_in_flight(&user(&run, "idle"), 100)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn templates_are_stored_per_owner(store: &dyn JobStore) {
+    use kiln_shared::domain::NewTemplate;
+    let run = run_id();
+    let u = user(&run, "tpl");
+    let make = |name: &str, owner: Option<UserId>| {
+        NewTemplate {
+            name: Some(name.into()),
+            style: Some(format!("{name} style")),
+            ..Default::default()
+        }
+        .validate(owner, Utc::now())
+        .unwrap()
+    };
+    let mine = make("b-mine", Some(u.clone()));
+    store
+        .insert_template(&make("a-mine", Some(u.clone())))
+        .await
+        .unwrap();
+    store.insert_template(&mine).await.unwrap();
+    assert!(matches!(
+        store.insert_template(&mine).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let global_name = format!("g-{run}");
+    store
+        .insert_template(&make(&global_name, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_template(Some(&u), "b-mine").await.unwrap(),
+        Some(mine.clone())
+    );
+    assert_eq!(store.get_template(None, "b-mine").await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_template(Some(&user(&run, "x")), "b-mine")
+            .await
+            .unwrap(),
+        None
+    );
+    let names: Vec<String> = store
+        .list_templates(Some(&u))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["a-mine", "b-mine"]);
+    assert!(store
+        .list_templates(None)
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.name == global_name));
+    assert!(store.delete_template(Some(&u), "b-mine").await.unwrap());
+    assert!(!store.delete_template(Some(&u), "b-mine").await.unwrap());
+    assert!(store.delete_template(None, &global_name).await.unwrap());
 }
 
 async fn jobs_are_inserted_once_and_updated_by_version(store: &dyn JobStore) {

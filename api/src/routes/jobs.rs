@@ -9,13 +9,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_shared::domain::{Cursor, Job, JobId, JobStatus, SubmitJob};
 use kiln_shared::ports::{ListQuery, StoreError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{ApiPath, ApiQuery};
+use crate::body::HashedJsonBody;
+use crate::error::ErrorBody;
+use crate::intake::{self, Item, Submission};
 use crate::prefer::{self, PREFERENCE_APPLIED};
+use crate::submit::MAX_BATCH;
 use crate::view::{BaseUrl, JobView};
-use crate::{submit, ApiError, AppState, Caller, JsonBody};
+use crate::{ApiError, AppState, Caller};
 
 /// First pause between store reads while holding a `Prefer: wait` response.
 const WAIT_POLL_FIRST: Duration = Duration::from_millis(25);
@@ -29,19 +33,30 @@ const MAX_LIMIT: usize = 100;
 const CANCEL_TRIES: usize = 5;
 
 /// `POST /v1/jobs`: `202` with the pending job, or, with `Prefer: wait=N`, `200` with the job
-/// if it ends within N seconds (at most `max_wait`).
+/// if it ends within N seconds (at most `max_wait`). With an `Idempotency-Key`, a retry with the
+/// same body answers with the job the first request made.
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     base: BaseUrl,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SubmitJob>,
+    body: HashedJsonBody<SubmitJob>,
 ) -> Result<Response, ApiError> {
     let wait = prefer::wait(&headers)?.map(|w| w.min(state.config.max_wait));
-    let job = submit::submit(&state, &caller, vec![body], false)
+    let submission = Submission {
+        route: "POST /v1/jobs",
+        body_hash: &body.hash,
+        bodies: vec![body.value],
+        list: None,
+    };
+    let job = match intake::submit(&state, &caller, &headers, submission)
         .await?
         .pop()
-        .ok_or_else(|| ApiError::Internal("submit returned no job".into()))?;
+    {
+        Some(Item::Job(job)) => *job,
+        Some(Item::Failed(e)) => return Err(e),
+        None => return Err(ApiError::Internal("submit returned no job".into())),
+    };
     let job = match wait {
         Some(w) if !w.is_zero() => hold(&state, job, w).await,
         _ => job,
@@ -66,6 +81,84 @@ pub async fn create(
         );
     }
     Ok(response)
+}
+
+/// Body of `POST /v1/jobs/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 100 job bodies, as for `POST /v1/jobs`.
+    pub jobs: Vec<SubmitJob>,
+}
+
+/// One item's result in a batch answer: its job, or why it has none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BatchItem {
+    /// Stored and enqueued.
+    Accepted {
+        /// Position in the request's `jobs`.
+        index: usize,
+        /// The job's id.
+        id: JobId,
+        /// The job's state.
+        status: JobStatus,
+    },
+    /// Not stored.
+    Failed {
+        /// Position in the request's `jobs`.
+        index: usize,
+        /// Why.
+        error: ErrorBody,
+    },
+}
+
+/// Answer of `POST /v1/jobs/batch`.
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    /// One result per job, in request order.
+    pub data: Vec<BatchItem>,
+}
+
+/// `POST /v1/jobs/batch`: up to [`MAX_BATCH`] jobs, all validated before any is stored (a bad
+/// one is a `400` naming `jobs[i].field`), then stored in one batch write and enqueued in
+/// batches of ten; `202` with one result per job.
+pub async fn batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: HashedJsonBody<BatchRequest>,
+) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+    let n = body.value.jobs.len();
+    if !(1..=MAX_BATCH).contains(&n) {
+        return Err(ApiError::invalid(
+            "jobs",
+            format!("must hold 1 to {MAX_BATCH} jobs (got {n})"),
+        ));
+    }
+    let submission = Submission {
+        route: "POST /v1/jobs/batch",
+        body_hash: &body.hash,
+        bodies: body.value.jobs,
+        list: Some("jobs"),
+    };
+    let items = intake::submit(&state, &caller, &headers, submission).await?;
+    let data = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| match item {
+            Item::Job(job) => BatchItem::Accepted {
+                index,
+                id: job.id,
+                status: job.status,
+            },
+            Item::Failed(e) => BatchItem::Failed {
+                index,
+                error: e.body(),
+            },
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(BatchResponse { data })))
 }
 
 /// Re-reads the job, with growing pauses, until it ends or `wait` passes. The job is already

@@ -4,6 +4,7 @@
 pub mod images;
 pub mod jobs;
 pub mod seed;
+pub mod templates;
 pub mod usage;
 
 use axum::extract::{FromRequestParts, Path, Query, State};

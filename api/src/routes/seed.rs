@@ -5,15 +5,17 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_LENGTH;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use kiln_shared::domain::{Job, JobId, JobStatus, SubmitJob};
 use serde::{Deserialize, Serialize};
 
+use crate::body::HashedJsonBody;
 use crate::error::ErrorBody;
-use crate::submit::{self, MAX_BATCH};
-use crate::{ApiError, AppState, Caller, JsonBody};
+use crate::intake::{self, Item, Submission};
+use crate::submit::MAX_BATCH;
+use crate::{ApiError, AppState, Caller};
 
 /// The seed's success envelope.
 #[derive(Debug, Serialize)]
@@ -55,40 +57,65 @@ pub struct BatchBody {
 pub async fn image(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<SubmitJob>,
+    headers: HeaderMap,
+    body: HashedJsonBody<SubmitJob>,
 ) -> Result<(StatusCode, Json<Success<Work>>), ApiError> {
-    let jobs = submit::submit(&state, &caller, vec![body], false).await?;
-    let job = jobs
-        .first()
-        .ok_or_else(|| ApiError::Internal("submit returned no job".into()))?;
+    let submission = Submission {
+        route: "POST /api/generate/image",
+        body_hash: &body.hash,
+        bodies: vec![body.value],
+        list: None,
+    };
+    let job = match intake::submit(&state, &caller, &headers, submission)
+        .await?
+        .pop()
+    {
+        Some(Item::Job(job)) => job,
+        Some(Item::Failed(e)) => return Err(e),
+        None => return Err(ApiError::Internal("submit returned no job".into())),
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(Success {
             success: true,
-            data: Work::from(job),
+            data: Work::from(&*job),
         }),
     ))
 }
 
-/// `POST /api/generate/batch`: 1 to 100 items, all validated before any is stored.
+/// `POST /api/generate/batch`: 1 to 100 items, all validated before any is stored, all stored
+/// or none.
 pub async fn batch(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<BatchBody>,
+    headers: HeaderMap,
+    body: HashedJsonBody<BatchBody>,
 ) -> Result<(StatusCode, Json<Success<Vec<Work>>>), ApiError> {
-    let n = body.items.len();
+    let n = body.value.items.len();
     if !(1..=MAX_BATCH).contains(&n) {
         return Err(ApiError::invalid(
             "items",
             format!("must hold 1 to {MAX_BATCH} items (got {n})"),
         ));
     }
-    let jobs = submit::submit(&state, &caller, body.items, true).await?;
+    let submission = Submission {
+        route: "POST /api/generate/batch",
+        body_hash: &body.hash,
+        bodies: body.value.items,
+        list: Some("items"),
+    };
+    let mut works = Vec::with_capacity(n);
+    for item in intake::submit(&state, &caller, &headers, submission).await? {
+        match item {
+            Item::Job(job) => works.push(Work::from(&*job)),
+            Item::Failed(e) => return Err(e),
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Success {
             success: true,
-            data: jobs.iter().map(Work::from).collect(),
+            data: works,
         }),
     ))
 }

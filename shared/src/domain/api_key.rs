@@ -116,7 +116,9 @@ impl ApiKeyRecord {
     pub fn issue(user_id: UserId, tier: Tier, now: DateTime<Utc>) -> (ApiKey, Self) {
         let key = ApiKey::generate();
         let record = Self {
-            id: uuid::Uuid::now_v7().simple().to_string()[..16].to_owned(),
+            // Random, not time-ordered: the first 16 hex digits of a v7 UUID are mostly its
+            // millisecond, so two keys issued in one millisecond would share an id.
+            id: uuid::Uuid::new_v4().simple().to_string()[..16].to_owned(),
             hash: key.hash(),
             prefix: key.display_prefix(),
             user_id,
@@ -146,5 +148,18 @@ mod tests {
         assert!(!rec.hash.contains(key.expose()));
         assert!(!format!("{key:?}").contains(key.expose()));
         assert!(key.expose().starts_with("kiln_"));
+    }
+
+    #[test]
+    fn keys_issued_in_the_same_millisecond_get_distinct_ids() {
+        let now = Utc::now();
+        let ids: std::collections::HashSet<String> = (0..100)
+            .map(|_| {
+                ApiKeyRecord::issue(UserId::parse("u").unwrap(), Tier::Standard, now)
+                    .1
+                    .id
+            })
+            .collect();
+        assert_eq!(ids.len(), 100);
     }
 }

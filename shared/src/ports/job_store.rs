@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ApiKeyRecord, Cursor, Job, JobId, JobStatus, UserId};
+use crate::domain::{
+    ApiKeyRecord, Cursor, IdempotencyKey, IdempotencyRecord, Job, JobId, JobStatus, Template,
+    UserId,
+};
 
 /// Failures of a [`JobStore`].
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,15 @@ pub struct JobPage {
     pub jobs: Vec<Job>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<Cursor>,
+}
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free (or its old record had expired) and is now the caller's.
+    Claimed,
+    /// Another request holds or held the key; its record as stored.
+    Existing(IdempotencyRecord),
 }
 
 /// Jobs, API keys and the other records the API and workers share.
@@ -81,4 +93,63 @@ pub trait JobStore: Send + Sync + 'static {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Stores new jobs; the local store writes them in one transaction. Stops at the first
+    /// failure, returning it with how many were stored before it.
+    async fn insert_many(&self, jobs: &[Job]) -> Result<(), (usize, StoreError)> {
+        for (i, job) in jobs.iter().enumerate() {
+            self.insert(job).await.map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
+    /// Claims `record.key` for `record.user_id` with a conditional insert, unless a live record
+    /// holds it already (an expired one is replaced): exactly one of any number of concurrent
+    /// claims of one key wins.
+    async fn claim_idempotency_key(
+        &self,
+        record: &IdempotencyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// Overwrites the caller's claimed record (to mark it completed).
+    async fn complete_idempotency_key(&self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+
+    /// Forgets a claim that is still in progress (its submit failed), so a retry may claim it.
+    async fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<(), StoreError>;
+
+    /// Counts one request in `user`'s rate window that starts at `window_start`, unless the
+    /// window holds `limit` already: `false` then, and nothing changes. Atomic across
+    /// processes. The window's record expires some time after `window_start + window`.
+    async fn take_rate_token(
+        &self,
+        user: &UserId,
+        window_start: DateTime<Utc>,
+        window: std::time::Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError>;
+
+    /// How many of `user`'s jobs are `pending` or `running`, counting no further than `up_to`.
+    async fn count_in_flight(&self, user: &UserId, up_to: usize) -> Result<usize, StoreError>;
+
+    /// Stores a new template; `Conflict` if its owner has one of that name.
+    async fn insert_template(&self, template: &Template) -> Result<(), StoreError>;
+
+    /// The template of `owner` (`None`: global) named `name`.
+    async fn get_template(
+        &self,
+        owner: Option<&UserId>,
+        name: &str,
+    ) -> Result<Option<Template>, StoreError>;
+
+    /// Every template of `owner` (`None`: the global ones), by name.
+    async fn list_templates(&self, owner: Option<&UserId>) -> Result<Vec<Template>, StoreError>;
+
+    /// Deletes the template; `false` if there was none.
+    async fn delete_template(&self, owner: Option<&UserId>, name: &str)
+        -> Result<bool, StoreError>;
 }

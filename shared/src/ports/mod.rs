@@ -8,7 +8,7 @@ pub mod queue;
 pub mod webhook_secrets;
 
 pub use blob_store::{Blob, BlobError, BlobStore};
-pub use job_store::{JobPage, JobStore, ListQuery, StoreError};
+pub use job_store::{IdempotencyClaim, JobPage, JobStore, ListQuery, StoreError};
 pub use provider::{GeneratedImage, GenerationRequest, ImageProvider, ProviderError};
 pub use queue::{JobMessage, Queue, QueueError, ReceivedMessage};
 pub use webhook_secrets::{secrets_for, WebhookSecretStore};

@@ -17,6 +17,10 @@
 //! | [`USER_INDEX`] | `user_pk` = user id | `user_sk` = job id | every job; UUID v7 ids sort by creation time, so a backward query is newest first; `status` is a filter |
 //! | [`PENDING_INDEX`] | `pending_pk` = `PENDING` | `pending_sk` = `{created_at ms, 15 digits}#{job id}` | pending jobs only (sparse: every other state's item lacks the attributes), oldest first |
 //! | [`KEYS_INDEX`] | `keys_pk` = `KEYS` | `keys_sk` = `{created_at ms, 15 digits}#{key id}` | API keys, for listing them newest first |
+//! | [`IN_FLIGHT_INDEX`] | `active_pk` = user id | `active_sk` = job id | a user's pending and running jobs only (sparse, keys only), counted against the cap on jobs in flight |
+//!
+//! Idempotency keys, rate windows and templates are items of their own, described in
+//! `guards.rs`.
 //!
 //! Every job write is conditional: an insert on `attribute_not_exists(pk)`, an update (a whole
 //! item put, which also drops the pending attributes of a job that left `pending`) on
@@ -43,8 +47,12 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::error_mapping::{detail, store_error};
-use crate::domain::{ApiKeyRecord, Cursor, Job, JobId, JobStatus, UserId};
-use crate::ports::{JobPage, JobStore, ListQuery, StoreError};
+use super::guards;
+use crate::domain::{
+    ApiKeyRecord, Cursor, IdempotencyKey, IdempotencyRecord, Job, JobId, JobStatus, Template,
+    UserId,
+};
+use crate::ports::{IdempotencyClaim, JobPage, JobStore, ListQuery, StoreError};
 
 /// GSI of a user's jobs: `user_pk` (user id) and `user_sk` (job id).
 pub const USER_INDEX: &str = "by_user";
@@ -52,6 +60,8 @@ pub const USER_INDEX: &str = "by_user";
 pub const PENDING_INDEX: &str = "pending";
 /// GSI of API keys: `keys_pk` (`KEYS`) and `keys_sk` (creation time and key id).
 pub const KEYS_INDEX: &str = "api_keys";
+/// Sparse GSI of a user's pending and running jobs: `active_pk` (user id), `active_sk` (job id).
+pub const IN_FLIGHT_INDEX: &str = "in_flight";
 /// The table's TTL attribute: epoch seconds after which DynamoDB deletes the item.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
@@ -217,6 +227,10 @@ fn job_item(job: &Job) -> Result<Item, StoreError> {
         ("user_pk".to_owned(), s(job.user_id.as_str())),
         ("user_sk".to_owned(), s(id.clone())),
     ]);
+    if matches!(job.status, JobStatus::Pending | JobStatus::Running) {
+        item.insert("active_pk".into(), s(job.user_id.as_str()));
+        item.insert("active_sk".into(), s(id.clone()));
+    }
     if job.status == JobStatus::Pending {
         item.insert("pending_pk".into(), s(PENDING_PARTITION));
         item.insert("pending_sk".into(), s(time_sort_key(job.created_at, &id)));
@@ -569,6 +583,64 @@ impl JobStore for DynamoJobStore {
             Err(StoreError::Conflict(_)) => self.api_key_by_hash(&hash).await,
             Err(e) => Err(e),
         }
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        record: &IdempotencyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        guards::claim_idempotency_key(&self.client, &self.table, record, now).await
+    }
+
+    async fn complete_idempotency_key(&self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        guards::complete_idempotency_key(&self.client, &self.table, record).await
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<(), StoreError> {
+        guards::release_idempotency_key(&self.client, &self.table, user, key).await
+    }
+
+    async fn take_rate_token(
+        &self,
+        user: &UserId,
+        window_start: DateTime<Utc>,
+        window: std::time::Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        guards::take_rate_token(&self.client, &self.table, user, window_start, window, limit).await
+    }
+
+    async fn count_in_flight(&self, user: &UserId, up_to: usize) -> Result<usize, StoreError> {
+        guards::count_in_flight(&self.client, &self.table, user, up_to).await
+    }
+
+    async fn insert_template(&self, template: &Template) -> Result<(), StoreError> {
+        guards::insert_template(&self.client, &self.table, template).await
+    }
+
+    async fn get_template(
+        &self,
+        owner: Option<&UserId>,
+        name: &str,
+    ) -> Result<Option<Template>, StoreError> {
+        guards::get_template(&self.client, &self.table, owner, name).await
+    }
+
+    async fn list_templates(&self, owner: Option<&UserId>) -> Result<Vec<Template>, StoreError> {
+        guards::list_templates(&self.client, &self.table, owner).await
+    }
+
+    async fn delete_template(
+        &self,
+        owner: Option<&UserId>,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        guards::delete_template(&self.client, &self.table, owner, name).await
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod blob_store;
 mod error_mapping;
+mod guards;
 mod job_store;
 mod queue;
 mod resources;
@@ -24,7 +25,8 @@ use aws_sdk_dynamodb::config::Credentials;
 
 pub use blob_store::{S3BlobStore, MAX_URL_TTL};
 pub use job_store::{
-    DynamoJobStore, KEYS_INDEX, MAX_SWEEP_PAGES, PENDING_INDEX, TTL_ATTRIBUTE, USER_INDEX,
+    DynamoJobStore, IN_FLIGHT_INDEX, KEYS_INDEX, MAX_SWEEP_PAGES, PENDING_INDEX, TTL_ATTRIBUTE,
+    USER_INDEX,
 };
 pub use queue::{SqsQueue, MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT};
 pub use resources::{create_resources, ResourceError, ResourceNames};
@@ -209,9 +211,9 @@ impl AwsBackend {
             webhooks_dlq: self.webhooks_dlq,
             blobs: self.blobs,
             url_signer: None,
-            clock,
             webhook_secrets: self.webhook_secrets,
             resolver: Arc::new(crate::webhooks::SystemResolver),
+            clock,
         }
     }
 }

@@ -17,7 +17,7 @@ use aws_sdk_s3::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::error_mapping::{code, detail};
-use super::job_store::{KEYS_INDEX, PENDING_INDEX, TTL_ATTRIBUTE, USER_INDEX};
+use super::job_store::{IN_FLIGHT_INDEX, KEYS_INDEX, PENDING_INDEX, TTL_ATTRIBUTE, USER_INDEX};
 use super::queue::MAX_VISIBILITY;
 use super::AwsClients;
 use crate::config::{AwsResources, Settings};
@@ -137,15 +137,20 @@ fn string_key(name: &str, key_type: KeyType) -> Result<KeySchemaElement, String>
 }
 
 fn index(name: &str, partition: &str, sort: &str) -> Result<GlobalSecondaryIndex, String> {
+    projected_index(name, partition, sort, ProjectionType::All)
+}
+
+fn projected_index(
+    name: &str,
+    partition: &str,
+    sort: &str,
+    projection: ProjectionType,
+) -> Result<GlobalSecondaryIndex, String> {
     GlobalSecondaryIndex::builder()
         .index_name(name)
         .key_schema(string_key(partition, KeyType::Hash)?)
         .key_schema(string_key(sort, KeyType::Range)?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
+        .projection(Projection::builder().projection_type(projection).build())
         .build()
         .map_err(|e| e.to_string())
 }
@@ -162,7 +167,16 @@ async fn create_table(clients: &AwsClients, table: &str) -> Result<(), ResourceE
         .key_schema(string_key("sk", KeyType::Range).map_err(fail)?)
         .global_secondary_indexes(index(USER_INDEX, "user_pk", "user_sk").map_err(fail)?)
         .global_secondary_indexes(index(PENDING_INDEX, "pending_pk", "pending_sk").map_err(fail)?)
-        .global_secondary_indexes(index(KEYS_INDEX, "keys_pk", "keys_sk").map_err(fail)?);
+        .global_secondary_indexes(index(KEYS_INDEX, "keys_pk", "keys_sk").map_err(fail)?)
+        .global_secondary_indexes(
+            projected_index(
+                IN_FLIGHT_INDEX,
+                "active_pk",
+                "active_sk",
+                ProjectionType::KeysOnly,
+            )
+            .map_err(fail)?,
+        );
     for attribute in [
         "pk",
         "sk",
@@ -172,6 +186,8 @@ async fn create_table(clients: &AwsClients, table: &str) -> Result<(), ResourceE
         "pending_sk",
         "keys_pk",
         "keys_sk",
+        "active_pk",
+        "active_sk",
     ] {
         request = request.attribute_definitions(
             AttributeDefinition::builder()

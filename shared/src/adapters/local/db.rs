@@ -54,6 +54,35 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX queue_messages_visible ON queue_messages (queue, visible_at);
     ",
+    // 2: idempotency keys, rate windows, templates; counting a user's jobs in flight.
+    "
+    CREATE TABLE idempotency_keys (
+        user_id    TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        doc        TEXT NOT NULL,
+        PRIMARY KEY (user_id, key)
+    );
+    CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+
+    CREATE TABLE rate_windows (
+        user_id      TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        count        INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        PRIMARY KEY (user_id, window_start)
+    );
+
+    -- owner is the user id, or '' for a global template (no user id is empty).
+    CREATE TABLE templates (
+        owner TEXT NOT NULL,
+        name  TEXT NOT NULL,
+        doc   TEXT NOT NULL,
+        PRIMARY KEY (owner, name)
+    );
+
+    CREATE INDEX jobs_by_user_status ON jobs (user_id, status);
+    ",
     // 3: users' webhook signing secrets (IF NOT EXISTS: safe whichever order migrations land in).
     "
     CREATE TABLE IF NOT EXISTS webhook_secrets (
@@ -128,7 +157,9 @@ struct Settle {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.inner.path).finish()
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -186,7 +217,8 @@ impl Db {
             let _ = tx.send(f(conn));
         }));
         self.submit(task).await?;
-        rx.await.map_err(|_| E::from(DbError::Task("a database call panicked".into())))?
+        rx.await
+            .map_err(|_| E::from(DbError::Task("a database call panicked".into())))?
     }
 
     /// Runs `f` in the writer's next group transaction, inside a savepoint: if `f` fails, its
@@ -215,7 +247,8 @@ impl Db {
             }
         }));
         self.submit(task).await?;
-        rx.await.map_err(|_| E::from(DbError::Task("a database write panicked".into())))?
+        rx.await
+            .map_err(|_| E::from(DbError::Task("a database write panicked".into())))?
     }
 
     /// Runs `f` on a read connection in a blocking task. It sees every write that has

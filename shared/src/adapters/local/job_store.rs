@@ -5,8 +5,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::db::{to_millis, Db};
-use crate::domain::{ApiKeyRecord, Cursor, Job, JobId, JobStatus, UserId};
-use crate::ports::{JobPage, JobStore, ListQuery, StoreError};
+use super::guards;
+use crate::domain::{
+    ApiKeyRecord, Cursor, IdempotencyKey, IdempotencyRecord, Job, JobId, JobStatus, Template,
+    UserId,
+};
+use crate::ports::{IdempotencyClaim, JobPage, JobStore, ListQuery, StoreError};
 
 /// Jobs and API keys in the local SQLite file.
 #[derive(Debug, Clone)]
@@ -104,7 +108,14 @@ impl JobStore for SqliteJobStore {
                         "UPDATE jobs SET status = ?1, version = ?2, expires_at = ?3, doc = ?4
                          WHERE id = ?5 AND version = ?6",
                     )?
-                    .execute(params![status.as_str(), version, expires, doc, id, expected])?;
+                    .execute(params![
+                        status.as_str(),
+                        version,
+                        expires,
+                        doc,
+                        id,
+                        expected
+                    ])?;
                 if n == 0 {
                     return Err(StoreError::Conflict(format!(
                         "job {id} is missing or no longer at version {expected}"
@@ -169,6 +180,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn delete_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+        guards::delete_expired_keys(&self.db, now).await?;
         let now = to_millis(now);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
@@ -291,6 +303,100 @@ impl JobStore for SqliteJobStore {
                 Ok(Some(record))
             })
             .await
+    }
+
+    async fn insert_many(&self, jobs: &[Job]) -> Result<(), (usize, StoreError)> {
+        let mut rows = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let version = version_col(job.version).map_err(|e| (0, e))?;
+            rows.push((
+                job.id.to_string(),
+                job.user_id.to_string(),
+                job.status.as_str(),
+                version,
+                to_millis(job.created_at),
+                to_millis(job.expires_at),
+                to_json(job).map_err(|e| (0, e))?,
+            ));
+        }
+        // One transaction: one fsync for the whole batch, and all or nothing, so a failure
+        // leaves none stored.
+        self.db
+            .write(move |tx| {
+                // The write's savepoint makes the rows all or nothing.
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO jobs (id, user_id, status, version, created_at, expires_at, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                )?;
+                for (id, user, status, version, created, expires, doc) in &rows {
+                    let n =
+                        stmt.execute(params![id, user, status, version, created, expires, doc])?;
+                    if n == 0 {
+                        return Err(StoreError::Conflict(format!("job {id} already exists")));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| (0, e))
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        record: &IdempotencyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        guards::claim_idempotency_key(&self.db, record, now).await
+    }
+
+    async fn complete_idempotency_key(&self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        guards::complete_idempotency_key(&self.db, record).await
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<(), StoreError> {
+        guards::release_idempotency_key(&self.db, user, key).await
+    }
+
+    async fn take_rate_token(
+        &self,
+        user: &UserId,
+        window_start: DateTime<Utc>,
+        window: std::time::Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        guards::take_rate_token(&self.db, user, window_start, window, limit).await
+    }
+
+    async fn count_in_flight(&self, user: &UserId, up_to: usize) -> Result<usize, StoreError> {
+        guards::count_in_flight(&self.db, user, up_to).await
+    }
+
+    async fn insert_template(&self, template: &Template) -> Result<(), StoreError> {
+        guards::insert_template(&self.db, template).await
+    }
+
+    async fn get_template(
+        &self,
+        owner: Option<&UserId>,
+        name: &str,
+    ) -> Result<Option<Template>, StoreError> {
+        guards::get_template(&self.db, owner, name).await
+    }
+
+    async fn list_templates(&self, owner: Option<&UserId>) -> Result<Vec<Template>, StoreError> {
+        guards::list_templates(&self.db, owner).await
+    }
+
+    async fn delete_template(
+        &self,
+        owner: Option<&UserId>,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        guards::delete_template(&self.db, owner, name).await
     }
 }
 

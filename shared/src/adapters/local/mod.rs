@@ -5,6 +5,7 @@
 
 mod blob_store;
 mod db;
+mod guards;
 mod job_store;
 mod queue;
 mod webhook_secrets;
