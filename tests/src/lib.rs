@@ -7,3 +7,4 @@ pub mod lambda_runtime;
 pub mod moto;
 pub mod process;
 pub mod providers;
+pub mod webhook_receiver;
