@@ -82,7 +82,12 @@ pub async fn start(
     let mut tasks = Vec::new();
 
     if with_worker {
-        tasks.push(spawn_worker(settings, &services, providers, stop_rx.clone()));
+        tasks.push(spawn_worker(
+            settings,
+            &services,
+            providers,
+            stop_rx.clone(),
+        ));
         let base = settings
             .public_url
             .clone()
@@ -175,7 +180,11 @@ pub fn webhook_guard(settings: &Settings, services: &Services) -> WebhookGuard {
 }
 
 /// The webhook sender over `services`; payload URLs are made absolute under `public_url`.
-pub fn webhook_sender(settings: &Settings, services: &Services, public_url: String) -> WebhookSender {
+pub fn webhook_sender(
+    settings: &Settings,
+    services: &Services,
+    public_url: String,
+) -> WebhookSender {
     WebhookSender::new(
         services.store.clone(),
         services.webhook_secrets.clone(),
@@ -207,7 +216,10 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let providers = Arc::new(kiln_shared::providers::file::from_settings(&settings)?);
     let (stop, stop_rx) = watch::channel(false);
     let pool = spawn_worker(&settings, &services, providers, stop_rx);
-    tracing::info!(concurrency = settings.worker_concurrency, "kiln worker started");
+    tracing::info!(
+        concurrency = settings.worker_concurrency,
+        "kiln worker started"
+    );
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight jobs");
     let _ = stop.send(true);

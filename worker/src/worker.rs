@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_shared::clock::Clock;
-use kiln_shared::metrics;
 use kiln_shared::domain::{
     Attempt, ImageRef, Job, JobError, JobId, JobRequest, JobStatus, TransitionError,
 };
+use kiln_shared::metrics;
 use kiln_shared::ports::{
     BlobStore, GenerationRequest, JobMessage, JobStore, Queue, ReceivedMessage, StoreError,
 };
-use kiln_shared::webhooks::WebhookMessage;
 use kiln_shared::providers::{CheckedImage, DispatchError, Dispatcher, Providers};
+use kiln_shared::webhooks::WebhookMessage;
 use tokio::time::Instant;
 use tracing::{field, info, info_span, warn, Span};
 use uuid::Uuid;
@@ -271,9 +271,7 @@ impl Worker {
             .write(&job, |j| j.release(token, attempts.clone(), now))
             .await
         {
-            Write::Lost(Some(current)) if current.status.is_terminal() => {
-                self.ended(current).await
-            }
+            Write::Lost(Some(current)) if current.status.is_terminal() => self.ended(current).await,
             Write::Lost(None) => Outcome::Ack,
             _ => Outcome::Retry,
         }
@@ -385,9 +383,7 @@ impl Worker {
                     retry => retry,
                 }
             }
-            Write::Lost(Some(current)) if current.status.is_terminal() => {
-                self.ended(current).await
-            }
+            Write::Lost(Some(current)) if current.status.is_terminal() => self.ended(current).await,
             Write::Lost(None) => Outcome::Ack,
             Write::Lost(Some(_)) => Outcome::Retry,
             Write::Failed(e) => {
@@ -469,11 +465,13 @@ impl Worker {
             };
             match self.store.update(&next).await {
                 Ok(()) => return Write::Done(next),
-                Err(StoreError::Conflict(_)) if round + 1 < WRITE_ROUNDS => match self.store.get(&job.id).await {
-                    Ok(Some(fresh)) => base = fresh,
-                    Ok(None) => return Write::Lost(None),
-                    Err(e) => return Write::Failed(e),
-                },
+                Err(StoreError::Conflict(_)) if round + 1 < WRITE_ROUNDS => {
+                    match self.store.get(&job.id).await {
+                        Ok(Some(fresh)) => base = fresh,
+                        Ok(None) => return Write::Lost(None),
+                        Err(e) => return Write::Failed(e),
+                    }
+                }
                 Err(e) => return Write::Failed(e),
             }
         }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::{Backend, ConfigError, Settings};
 use crate::ports::{BlobStore, JobStore, Queue, WebhookSecretStore};
-use crate::webhooks::{Resolve, SystemResolver};
 use crate::url_signing::UrlSigner;
+use crate::webhooks::{Resolve, SystemResolver};
 
 /// The adapters a process runs on; built once per process, outside any handler.
 #[derive(Clone)]
@@ -41,7 +41,10 @@ pub struct Services {
 
 impl Services {
     /// Builds the adapters `settings` ask for.
-    pub async fn from_settings(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+    pub async fn from_settings(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
         match settings.backend {
             #[cfg(feature = "local")]
             Backend::Local => {
@@ -50,12 +53,16 @@ impl Services {
                     max_receive_count: settings.max_receive_count,
                     url_signing_secret: settings.url_signing_secret.clone(),
                 };
-                let b = local::LocalBackend::open(&settings.data_dir, &opts, clock.clone()).map_err(|e| {
-                    ConfigError::new(
-                        "KILN_DATA_DIR",
-                        format!("cannot open the local backend in {}: {e}", settings.data_dir.display()),
-                    )
-                })?;
+                let b = local::LocalBackend::open(&settings.data_dir, &opts, clock.clone())
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "KILN_DATA_DIR",
+                            format!(
+                                "cannot open the local backend in {}: {e}",
+                                settings.data_dir.display()
+                            ),
+                        )
+                    })?;
                 Ok(Self {
                     store: b.store,
                     jobs_queue: b.jobs_queue,

@@ -609,7 +609,11 @@ mod tests {
     fn subscribed_transitions_leave_event_marks_in_the_same_version() {
         let now = Utc::now();
         let mut j = job(now);
-        assert!(j.claim(now, Duration::from_secs(60)).unwrap().webhook_pending.is_empty());
+        assert!(j
+            .claim(now, Duration::from_secs(60))
+            .unwrap()
+            .webhook_pending
+            .is_empty());
         j.webhook = Some(Webhook {
             url: "https://example.com/h".into(),
             events: vec![WebhookEvent::Running, WebhookEvent::Completed],
@@ -622,13 +626,17 @@ mod tests {
         let taken = running.claim(later, Duration::from_secs(60)).unwrap();
         assert_eq!(taken.webhook_pending.len(), 1);
         let token = taken.lease.unwrap().token;
-        let done = taken.succeed(token, "p".into(), vec![], vec![], later).unwrap();
+        let done = taken
+            .succeed(token, "p".into(), vec![], vec![], later)
+            .unwrap();
         let types: Vec<_> = done.webhook_pending.iter().map(|e| e.event_type).collect();
         assert_eq!(types, [EventType::JobRunning, EventType::JobSucceeded]);
         assert_eq!(done.version, taken.version + 1);
 
         let first = done.webhook_pending[0].id.clone();
-        let cleared = done.webhooks_enqueued(std::slice::from_ref(&first)).unwrap();
+        let cleared = done
+            .webhooks_enqueued(std::slice::from_ref(&first))
+            .unwrap();
         assert_eq!(cleared.webhook_pending.len(), 1);
         assert_eq!(cleared.version, done.version + 1);
         assert!(cleared.webhooks_enqueued(&[first]).is_none());
@@ -654,7 +662,10 @@ mod tests {
             events: vec![WebhookEvent::Completed],
         });
         let canceled = j.cancel(now).unwrap();
-        assert_eq!(canceled.webhook_pending[0].event_type, EventType::JobCanceled);
+        assert_eq!(
+            canceled.webhook_pending[0].event_type,
+            EventType::JobCanceled
+        );
     }
 
     #[test]
