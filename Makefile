@@ -7,7 +7,7 @@ CARGO ?= cargo
 KILN_ADDR ?= 127.0.0.1:3000
 export KILN_ADDR
 
-.PHONY: help run build test lint fmt clean
+.PHONY: help run build test lint fmt clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,11 @@ lint: lint-infra ## rustfmt, clippy (warnings are errors), cfn-lint and checkov
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+bench: venv ## Benchmarks (release build, a few minutes): one table, each figure beside a baseline from the same run
+	$(CARGO) build --release --locked --features kiln-api/lambda,kiln-worker/lambda \
+	  --bin kiln-bench --bin kiln-api-lambda --bin kiln-worker-lambda
+	./target/release/kiln-bench
 
 clean: ## Remove build output and local data
 	$(CARGO) clean

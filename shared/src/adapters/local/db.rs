@@ -148,11 +148,13 @@ enum WriteTask {
     Exclusive(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
-/// What a grouped write did: whether its statements stay, and how to answer once the commit
-/// is known (`Err` when the commit failed).
+/// Answers a grouped write once its group's commit is known (`Err` when the commit failed).
+type Answer = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+
+/// What a grouped write did: whether its statements stay, and how to answer it.
 struct Settle {
     keep: bool,
-    answer: Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>,
+    answer: Answer,
 }
 
 impl std::fmt::Debug for Db {
