@@ -300,8 +300,14 @@ async fn provider_keys_come_from_ssm_parameter_store() {
     use kiln_shared::adapters::aws::parameters_by_path;
     let moto = moto().await;
     let clients = moto.clients().await;
-    let path = format!("/kiln-t-{}/providers", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    for (name, value) in [("DEEPSEEK_API_KEY", "sk-from-ssm"), ("nested/ARK_API_KEY", "ark-from-ssm")] {
+    let path = format!(
+        "/kiln-t-{}/providers",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    for (name, value) in [
+        ("DEEPSEEK_API_KEY", "sk-from-ssm"),
+        ("nested/ARK_API_KEY", "ark-from-ssm"),
+    ] {
         clients
             .ssm
             .put_parameter()
@@ -313,9 +319,17 @@ async fn provider_keys_come_from_ssm_parameter_store() {
             .unwrap();
     }
     let secrets = parameters_by_path(&clients, &path).await.unwrap();
-    assert_eq!(secrets.get("DEEPSEEK_API_KEY").map(|s| s.expose()), Some("sk-from-ssm"));
-    assert_eq!(secrets.get("ARK_API_KEY").map(|s| s.expose()), Some("ark-from-ssm"));
-    let err = parameters_by_path(&clients, "relative/path").await.unwrap_err();
+    assert_eq!(
+        secrets.get("DEEPSEEK_API_KEY").map(|s| s.expose()),
+        Some("sk-from-ssm")
+    );
+    assert_eq!(
+        secrets.get("ARK_API_KEY").map(|s| s.expose()),
+        Some("ark-from-ssm")
+    );
+    let err = parameters_by_path(&clients, "relative/path")
+        .await
+        .unwrap_err();
     assert_eq!(err.var, "KILN_PROVIDER_KEYS_SSM_PATH");
 
     // A providers file whose key lives only in SSM loads with it.

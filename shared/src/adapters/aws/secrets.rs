@@ -12,10 +12,16 @@ use crate::config::{ConfigError, Secret};
 const MAX_PAGES: usize = 20;
 
 /// Every parameter under `path`, decrypted, keyed by the last segment of its name.
-pub async fn parameters_by_path(clients: &AwsClients, path: &str) -> Result<HashMap<String, Secret>, ConfigError> {
+pub async fn parameters_by_path(
+    clients: &AwsClients,
+    path: &str,
+) -> Result<HashMap<String, Secret>, ConfigError> {
     let var = "KILN_PROVIDER_KEYS_SSM_PATH";
     if !path.starts_with('/') {
-        return Err(ConfigError::new(var, format!("must be a path starting with '/' (got {path:?})")));
+        return Err(ConfigError::new(
+            var,
+            format!("must be a path starting with '/' (got {path:?})"),
+        ));
     }
     let mut out = HashMap::new();
     let mut next: Option<String> = None;
@@ -29,7 +35,15 @@ pub async fn parameters_by_path(clients: &AwsClients, path: &str) -> Result<Hash
             .set_next_token(next.take())
             .send()
             .await
-            .map_err(|e| ConfigError::new(var, format!("cannot read parameters under {path}: {}", aws_sdk_ssm::error::DisplayErrorContext(&e))))?;
+            .map_err(|e| {
+                ConfigError::new(
+                    var,
+                    format!(
+                        "cannot read parameters under {path}: {}",
+                        aws_sdk_ssm::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
         for p in page.parameters() {
             if let (Some(name), Some(value)) = (p.name(), p.value()) {
                 let key = name.rsplit('/').next().unwrap_or(name).to_owned();
@@ -41,5 +55,8 @@ pub async fn parameters_by_path(clients: &AwsClients, path: &str) -> Result<Hash
             None => return Ok(out),
         }
     }
-    Err(ConfigError::new(var, format!("more than {} parameters under {path}", MAX_PAGES * 10)))
+    Err(ConfigError::new(
+        var,
+        format!("more than {} parameters under {path}", MAX_PAGES * 10),
+    ))
 }
