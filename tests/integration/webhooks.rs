@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kiln_shared::domain::UserId;
-use kiln_shared::ports::{secrets_for, Queue, QueueError, ReceivedMessage};
+use kiln_shared::ports::{
+    secrets_for, Queue, QueueError, ReceivedMessage, StoreError, WebhookSecretStore,
+};
 use kiln_shared::webhooks::Resolve;
 use kiln_tests::app::{TestApp, TestOptions};
+use kiln_tests::moto::moto;
 use kiln_tests::process::kiln_command;
 use kiln_tests::webhook_receiver::{Receiver, Tripwire};
 use serde_json::{json, Value};
@@ -382,4 +385,48 @@ async fn internal_addresses_are_refused_at_submit_and_never_contacted() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(trip.connections(), 0, "no refused address was contacted");
     app.stop().await;
+}
+
+/// What every webhook secret store must do: absent until made, first write wins, rotations
+/// are compare-and-swap on the version.
+async fn secret_store_contract(store: Arc<dyn WebhookSecretStore>) {
+    let user = UserId::parse(&format!("u{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let now = chrono::Utc::now();
+    assert!(store.get_secrets(&user).await.unwrap().is_none());
+    let (first, made) = secrets_for(&*store, &user, now).await.unwrap();
+    assert!(made);
+    let (again, made) = secrets_for(&*store, &user, now).await.unwrap();
+    assert!(!made);
+    assert_eq!(again, first);
+    let other = kiln_shared::webhooks::UserWebhookSecrets::issue(user.clone(), now);
+    assert!(matches!(
+        store.put_secrets(&other).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let rotated = first.rotate(now);
+    store.put_secrets(&rotated).await.unwrap();
+    assert!(matches!(
+        store.put_secrets(&first.rotate(now)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let stored = store.get_secrets(&user).await.unwrap().unwrap();
+    assert_eq!(stored, rotated);
+    assert_eq!(stored.signing(now).len(), 2);
+}
+
+#[tokio::test]
+async fn the_sqlite_secret_store_meets_the_contract() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    secret_store_contract(app.services.webhook_secrets.clone()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_dynamodb_secret_store_meets_the_contract() {
+    let aws = moto().await.fresh(&[]).await;
+    secret_store_contract(aws.backend.webhook_secrets).await;
 }
