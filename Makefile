@@ -31,6 +31,7 @@ run: ## Build and start Kiln on http://127.0.0.1:3000 (embedded backend, built-i
 test: venv ## Run every test: unit, integration, end to end, AWS adapters on moto, the SAM template's linters
 	$(CARGO) build --workspace --all-targets --locked
 	$(CARGO) test --workspace --locked --no-fail-fast
+	tools/schemathesis.sh
 	$(MAKE) --no-print-directory lint-infra
 
 lint: lint-infra ## rustfmt, clippy (warnings are errors), cfn-lint and checkov

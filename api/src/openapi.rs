@@ -707,10 +707,17 @@ pub struct ApiDoc;
 /// The document, as JSON, with the constraints utoipa's attributes cannot state.
 pub fn spec() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    let metadata = &mut doc["components"]["schemas"]["SubmitJob"]["properties"]["metadata"];
-    if let Some(m) = metadata.as_object_mut() {
+    let props = &mut doc["components"]["schemas"]["SubmitJob"]["properties"];
+    if let Some(m) = props["metadata"].as_object_mut() {
         m.insert("maxProperties".into(), 32.into());
     }
+    // The whole u64 range, as exact JSON integers (utoipa states u64 as int64).
+    props["seed"] = serde_json::json!({
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "maximum": u64::MAX,
+        "description": "Same prompt and seed, same image (built-in renderer).",
+    });
     doc
 }
 
