@@ -7,7 +7,7 @@ CARGO ?= cargo
 KILN_ADDR ?= 127.0.0.1:3000
 export KILN_ADDR
 
-.PHONY: help run build test lint fmt clean bench
+.PHONY: help run build test lint fmt clean bench chaos
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ bench: venv ## Benchmarks (release build, a few minutes): one table, each figure
 	$(CARGO) build --release --locked --features kiln-api/lambda,kiln-worker/lambda \
 	  --bin kiln-bench --bin kiln-api-lambda --bin kiln-worker-lambda
 	./target/release/kiln-bench
+
+chaos: ## SIGKILLs and provider faults under load (release build); fails if a job is lost or run twice
+	$(CARGO) build --release --locked --bin kiln --bin kiln-chaos
+	./target/release/kiln-chaos
 
 clean: ## Remove build output and local data
 	$(CARGO) clean

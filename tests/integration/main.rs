@@ -1,6 +1,7 @@
 //! Kiln's integration and end-to-end tests: one binary, one module per area.
 
 mod api_e2e;
+mod chaos;
 mod auth;
 mod cli;
 mod contract_aws;

@@ -39,6 +39,42 @@ pub enum Behavior {
     ContentPolicy,
     /// 401 bad key.
     Unauthorized,
+    /// Each request draws one of these at random (seeded, so a run can be repeated).
+    Random(RandomMix),
+}
+
+/// Shares of faulty answers; the rest succeed.
+#[derive(Debug, Clone)]
+pub struct RandomMix {
+    /// Seed of the draws.
+    pub seed: u64,
+    /// Share answered 500.
+    pub server_error: f64,
+    /// Share answered only after `slow_for` (a timeout when that is past the client's limit).
+    pub slow: f64,
+    /// How long a slow answer takes.
+    pub slow_for: Duration,
+    /// Share answered with bytes that are not an image.
+    pub invalid_image: f64,
+}
+
+impl RandomMix {
+    /// The concrete behaviour for a draw `u` in `[0, 1)`.
+    fn pick(&self, u: f64) -> Behavior {
+        let mut edge = self.server_error;
+        if u < edge {
+            return Behavior::ServerError(500);
+        }
+        edge += self.slow;
+        if u < edge {
+            return Behavior::Slow(self.slow_for);
+        }
+        edge += self.invalid_image;
+        if u < edge {
+            return Behavior::InvalidImage;
+        }
+        Behavior::Ok
+    }
 }
 
 /// One request the fake received.
@@ -52,6 +88,8 @@ pub struct Recorded {
     pub at: Instant,
     /// Raw body.
     pub body: Bytes,
+    /// How it was answered (a random draw resolved).
+    pub answered: Behavior,
 }
 
 #[derive(Default)]
@@ -59,6 +97,8 @@ struct Inner {
     script: VecDeque<Behavior>,
     default: Option<Behavior>,
     requests: Vec<Recorded>,
+    /// State of the random draws (splitmix64), seeded on first use.
+    rng: Option<u64>,
 }
 
 /// A running fake provider.
@@ -119,6 +159,15 @@ type FakeState = (Arc<Mutex<Inner>>, String);
 
 fn next(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: Bytes) -> Behavior {
     let mut g = inner.lock().expect("fake provider mutex");
+    let mut behavior = g
+        .script
+        .pop_front()
+        .or_else(|| g.default.clone())
+        .unwrap_or(Behavior::Ok);
+    if let Behavior::Random(mix) = &behavior {
+        let state = g.rng.get_or_insert(mix.seed);
+        behavior = mix.pick(next_unit(state));
+    }
     g.requests.push(Recorded {
         path: path.to_owned(),
         authorization: headers
@@ -127,11 +176,19 @@ fn next(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: Bytes) -> B
             .map(str::to_owned),
         at: Instant::now(),
         body,
+        answered: behavior.clone(),
     });
-    g.script
-        .pop_front()
-        .or_else(|| g.default.clone())
-        .unwrap_or(Behavior::Ok)
+    behavior
+}
+
+/// A uniform draw in `[0, 1)` from splitmix64 state.
+fn next_unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A PNG of `w`x`h`.
@@ -154,7 +211,7 @@ fn parse_size(s: &str) -> (u32, u32) {
 /// Fails for everything but success shapes; returns `None` when the caller should answer with an image.
 async fn failure(b: &Behavior, headers: &HeaderMap) -> Option<Response> {
     match b {
-        Behavior::Ok | Behavior::OkUrl => None,
+        Behavior::Ok | Behavior::OkUrl | Behavior::Random(_) => None,
         Behavior::Slow(d) => {
             tokio::time::sleep(*d).await;
             None
