@@ -6,6 +6,8 @@ pub mod idempotency;
 pub mod ids;
 pub mod job;
 pub mod limits;
+#[cfg(test)]
+mod properties;
 pub mod request;
 pub mod template;
 
