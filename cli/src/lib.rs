@@ -5,6 +5,7 @@ mod client;
 mod dlq;
 mod keys;
 pub mod serve;
+mod templates;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// Users' webhook signing secrets, and test deliveries.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Prompt templates: global ones for everyone, or a user's (talks to the store directly).
+    #[command(subcommand)]
+    Templates(templates::TemplatesCommand),
 }
 
 /// Parses the command line, runs the command and turns its error into an exit code.
@@ -87,5 +91,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => client::cancel(args).await,
         Command::Dlq(cmd) => dlq::run(cmd).await,
         Command::Webhooks(cmd) => webhooks::run(cmd).await,
+        Command::Templates(cmd) => templates::run(cmd).await,
     }
 }

@@ -228,3 +228,56 @@ async fn templates_are_per_user_and_global_ones_are_shared() {
     assert_eq!(get(&app.api_key, "/v1/templates/mine").await.0, 404);
     app.stop().await;
 }
+
+/// `kiln templates create --global` makes a template every user's requests may name.
+#[tokio::test]
+async fn operators_make_global_templates_with_the_cli() {
+    use kiln_shared::adapters::local::{LocalBackend, LocalOptions};
+    use kiln_shared::ports::JobStore;
+    const BIN: &str = env!("CARGO_BIN_EXE_kiln-under-test");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = kiln_tests::process::kiln_command(BIN.as_ref(), dir.path(), &[]);
+        cmd.args(args);
+        async move { cmd.output().await.expect("kiln runs") }
+    };
+    let out = run(&[
+        "templates",
+        "create",
+        "house",
+        "--global",
+        "--suffix",
+        "in the house style",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = run(&["templates", "create", "house", "--global"]).await;
+    assert!(!again.status.success());
+    let neither = run(&["templates", "create", "x"]).await;
+    assert!(!neither.status.success());
+    let opts = LocalOptions {
+        visibility_timeout: std::time::Duration::from_secs(30),
+        max_receive_count: 5,
+        url_signing_secret: None,
+    };
+    let local = LocalBackend::open(dir.path(), &opts, Arc::new(kiln_shared::SystemClock)).unwrap();
+    let t = local
+        .store
+        .get_template(None, "house")
+        .await
+        .unwrap()
+        .expect("global template");
+    assert_eq!(t.prompt_suffix.as_deref(), Some("in the house style"));
+    let out = run(&["templates", "delete", "house", "--global"]).await;
+    assert!(out.status.success());
+    assert!(local
+        .store
+        .get_template(None, "house")
+        .await
+        .unwrap()
+        .is_none());
+}
