@@ -155,7 +155,7 @@ async fn a_message_delivered_twice_calls_the_provider_once() {
     .encode();
     app.services
         .jobs_queue
-        .send(&[dup.clone()], Duration::ZERO)
+        .send(std::slice::from_ref(&dup), Duration::ZERO)
         .await
         .unwrap();
     let job = app.wait_for(&id, Duration::from_secs(30)).await;

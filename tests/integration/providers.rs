@@ -20,8 +20,11 @@ use tokio::time::Instant;
 
 const KEY: &str = "sk-test-5f0c1c2e-secret";
 
-/// `[[provider]]` tables for `(name, protocol, fake, cost, priority, tiers)`.
-fn toml(entries: &[(&str, &str, &FakeProvider, f64, u32, &[&str])]) -> String {
+/// One provider of a test file: `(name, protocol, fake, cost, priority, tiers)`.
+type Spec<'a> = (&'a str, &'a str, &'a FakeProvider, f64, u32, &'a [&'a str]);
+
+/// `[[provider]]` tables for the specs.
+fn toml(entries: &[Spec<'_>]) -> String {
     let mut out = String::new();
     for (name, protocol, fake, cost, priority, tiers) in entries {
         let endpoint = if *protocol == "openai" {
