@@ -56,6 +56,25 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
     rate_windows_count_atomically(&store).await;
     jobs_in_flight_are_counted(&*store).await;
     templates_are_stored_per_owner(&*store).await;
+    batches_are_stored_whole(&*store).await;
+}
+
+async fn batches_are_stored_whole(store: &dyn JobStore) {
+    let run = run_id();
+    let u = user(&run, "batch");
+    let now = Utc::now();
+    let jobs: Vec<Job> = (0..100).map(|_| new_job(&u, now)).collect();
+    store.insert_many(&jobs).await.map_err(|(_, e)| e).unwrap();
+    assert_eq!(store.count_in_flight(&u, 1000).await.unwrap(), 100);
+    // A batch holding an existing id stores none of its jobs.
+    let v = user(&run, "dup");
+    let mut dup: Vec<Job> = (0..3).map(|_| new_job(&v, now)).collect();
+    dup[2] = jobs[0].clone();
+    match store.insert_many(&dup).await {
+        Err((0, StoreError::Conflict(_))) => {}
+        other => panic!("expected a conflict with none stored, got {other:?}"),
+    }
+    assert_eq!(store.get(&dup[0].id).await.unwrap(), None);
 }
 
 async fn idempotency_keys_are_claimed_once(store: &Arc<dyn JobStore>) {

@@ -78,6 +78,9 @@ const FILTERED_PAGE: i32 = 100;
 /// last job it looked at, so a user with many non-matching jobs costs a bounded amount per call.
 const MAX_LIST_QUERIES: usize = 10;
 
+/// Most items in one `TransactWriteItems` call.
+pub const MAX_TRANSACTION: usize = 100;
+
 /// Scan pages (up to 1 MB each) one [`JobStore::delete_expired`] call reads.
 pub const MAX_SWEEP_PAGES: usize = 10;
 
@@ -583,6 +586,35 @@ impl JobStore for DynamoJobStore {
             Err(StoreError::Conflict(_)) => self.api_key_by_hash(&hash).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// One `TransactWriteItems` per [`MAX_TRANSACTION`] jobs, each put conditional on the id
+    /// being new: a chunk is stored whole or not at all, so the count of stored jobs is exact.
+    async fn insert_many(&self, jobs: &[Job]) -> Result<(), (usize, StoreError)> {
+        let mut stored = 0;
+        for chunk in jobs.chunks(MAX_TRANSACTION) {
+            let mut request = self.client.transact_write_items();
+            for job in chunk {
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(job_item(job).map_err(|e| (stored, e))?))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(|e| {
+                        (
+                            stored,
+                            StoreError::Unavailable(format!("TransactWriteItems: {e}")),
+                        )
+                    })?;
+                request = request.transact_items(TransactWriteItem::builder().put(put).build());
+            }
+            request
+                .send()
+                .await
+                .map_err(|e| (stored, transaction_error("TransactWriteItems", e)))?;
+            stored += chunk.len();
+        }
+        Ok(())
     }
 
     async fn claim_idempotency_key(
