@@ -187,7 +187,12 @@ impl Inner {
                 label_set(labels, Some("+Inf")),
                 h.count
             );
-            let _ = writeln!(out, "{name}_sum{} {}", label_set(labels, None), number(h.sum));
+            let _ = writeln!(
+                out,
+                "{name}_sum{} {}",
+                label_set(labels, None),
+                number(h.sum)
+            );
             let _ = writeln!(out, "{name}_count{} {}", label_set(labels, None), h.count);
         }
         out
@@ -325,7 +330,11 @@ mod tests {
         m.add("kiln_jobs_total", &[("outcome", "success")], 1.0);
         m.add("kiln_jobs_total", &[("outcome", "success")], 1.0);
         m.add("kiln_fallbacks_total", &[], 1.0);
-        m.add("kiln_cost_usd_total", &[("provider", "cheap \"one\"")], 0.002);
+        m.add(
+            "kiln_cost_usd_total",
+            &[("provider", "cheap \"one\"")],
+            0.002,
+        );
         m.record("kiln_queue_wait_seconds", &[], Duration::from_millis(3));
         m.record(
             "kiln_provider_latency_seconds",
@@ -356,7 +365,9 @@ mod tests {
 
     #[test]
     fn emf_documents_follow_the_specification() {
-        let docs = inner_with_samples().since_emf.emf("kiln-worker", 1_700_000_000_000);
+        let docs = inner_with_samples()
+            .since_emf
+            .emf("kiln-worker", 1_700_000_000_000);
         assert_eq!(docs.len(), 2, "the totals, then one for the provider");
         for doc in &docs {
             let v: Value = serde_json::from_str(doc).unwrap();

@@ -227,7 +227,12 @@ impl SqliteQueue {
                             "UPDATE queue_messages SET receive_count = ?1, visible_at = ?2,
                                receipt_handle = ?3 WHERE seq = ?4",
                         )?
-                        .execute(params![receive_count, hidden_until, receipt_handle, seq])?;
+                        .execute(params![
+                            receive_count,
+                            hidden_until,
+                            receipt_handle,
+                            seq
+                        ])?;
                         taken.push(ReceivedMessage {
                             message_id,
                             receipt_handle,
