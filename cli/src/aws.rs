@@ -24,14 +24,22 @@ pub async fn run(cmd: AwsCommand) -> anyhow::Result<()> {
     match cmd {
         AwsCommand::CreateResources { prefix } => {
             let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-            if prefix.is_empty() || prefix.len() > 40 || !prefix.chars().all(ok) || prefix.starts_with('-') {
-                anyhow::bail!("--prefix: use 1-40 lowercase letters, digits or '-' (got {prefix:?})");
+            if prefix.is_empty()
+                || prefix.len() > 40
+                || !prefix.chars().all(ok)
+                || prefix.starts_with('-')
+            {
+                anyhow::bail!(
+                    "--prefix: use 1-40 lowercase letters, digits or '-' (got {prefix:?})"
+                );
             }
             // Only the queue settings (visibility, receive count) matter here, not KILN_BACKEND.
             let settings = Settings::from_env()?;
             let clients = AwsClients::load(&AwsOverrides::default()).await?;
             let names = ResourceNames::with_prefix(&prefix);
-            let r = create_resources(&clients, &names, &settings).await.context("cannot create the resources")?;
+            let r = create_resources(&clients, &names, &settings)
+                .await
+                .context("cannot create the resources")?;
             eprintln!("Resources ready. For kiln serve / kiln worker on them:");
             println!("export KILN_BACKEND=aws");
             println!("export KILN_TABLE={}", r.table);

@@ -11,8 +11,7 @@ use kiln_shared::adapters::Services;
 use kiln_shared::clock::{Clock, SystemClock};
 use kiln_shared::config::Settings;
 use kiln_shared::providers::Providers;
-use kiln_shared::webhooks::{GuardPolicy, WebhookGuard};
-use kiln_worker::{SenderConfig, WebhookSender, Worker, WorkerConfig};
+use kiln_worker::{WebhookSender, Worker, WorkerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -92,7 +91,7 @@ pub async fn start(
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        let sender = Arc::new(webhook_sender(settings, &services, base));
+        let sender = Arc::new(WebhookSender::from_settings(settings, &services, base));
         let rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             kiln_worker::run_webhook_pool(sender, rx).await
@@ -106,7 +105,7 @@ pub async fn start(
         url_signer: services.url_signer.clone(),
         clock: services.clock.clone(),
         config: ApiConfig {
-            webhook_guard: webhook_guard(settings, &services),
+            webhook_guard: kiln_worker::webhooks::guard_for(settings, &services),
             ..ApiConfig::from_settings(settings)
         },
     };
@@ -168,42 +167,6 @@ fn spawn_worker(
     tokio::spawn(async move { kiln_worker::run_pool(worker, queue, stop).await })
 }
 
-/// The webhook guard the settings ask for, resolving through the services' resolver.
-pub fn webhook_guard(settings: &Settings, services: &Services) -> WebhookGuard {
-    WebhookGuard::new(
-        GuardPolicy {
-            allow_http: settings.webhook_allow_http,
-            allow_private: settings.webhook_allow_private,
-        },
-        services.resolver.clone(),
-    )
-}
-
-/// The webhook sender over `services`; payload URLs are made absolute under `public_url`.
-pub fn webhook_sender(
-    settings: &Settings,
-    services: &Services,
-    public_url: String,
-) -> WebhookSender {
-    WebhookSender::new(
-        services.store.clone(),
-        services.webhook_secrets.clone(),
-        services.blobs.clone(),
-        webhook_guard(settings, services),
-        services.clock.clone(),
-        services.webhooks_queue.clone(),
-        services.webhooks_dlq.clone(),
-        SenderConfig {
-            retry_delays: settings.webhook_retry_delays.clone(),
-            timeout: kiln_worker::webhooks::DELIVERY_TIMEOUT,
-            max_queue_delay: kiln_worker::webhooks::MAX_QUEUE_DELAY,
-            concurrency: settings.worker_concurrency,
-            url_ttl: settings.url_ttl,
-            public_url: public_url.trim_end_matches('/').to_owned(),
-        },
-    )
-}
-
 /// Runs `kiln worker` until Ctrl-C or SIGTERM.
 pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
@@ -215,7 +178,11 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let services = Services::from_settings(&settings, clock).await?;
     let providers = Arc::new(kiln_shared::providers::file::from_settings(&settings)?);
     let (stop, stop_rx) = watch::channel(false);
-    let pool = spawn_worker(&settings, &services, providers, stop_rx);
+    let pool = spawn_worker(&settings, &services, providers, stop_rx.clone());
+    // Payload URLs need the API's address, which only KILN_PUBLIC_URL can say here.
+    let base = settings.public_url.clone().unwrap_or_default();
+    let sender = Arc::new(WebhookSender::from_settings(&settings, &services, base));
+    let webhooks = tokio::spawn(kiln_worker::run_webhook_pool(sender, stop_rx));
     tracing::info!(
         concurrency = settings.worker_concurrency,
         "kiln worker started"
@@ -224,6 +191,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing in-flight jobs");
     let _ = stop.send(true);
     let _ = pool.await;
+    let _ = webhooks.await;
     Ok(())
 }
 

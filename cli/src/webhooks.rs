@@ -10,8 +10,6 @@ use kiln_shared::config::Settings;
 use kiln_shared::domain::UserId;
 use kiln_shared::ports::{secrets_for, StoreError};
 
-use crate::serve::webhook_sender;
-
 /// Webhook commands.
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
@@ -83,7 +81,7 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
                 .public_url
                 .clone()
                 .unwrap_or_else(|| "http://localhost".into());
-            let sender = webhook_sender(&settings, &services, base);
+            let sender = kiln_worker::WebhookSender::from_settings(&settings, &services, base);
             let (id, result) = sender
                 .send_test(&url, &user)
                 .await

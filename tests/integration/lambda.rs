@@ -17,10 +17,24 @@ use tokio::process::{Child, Command};
 
 const API_BIN: &str = env!("CARGO_BIN_EXE_kiln-api-lambda-under-test");
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_kiln-worker-lambda-under-test");
+const WEBHOOKS_BIN: &str = env!("CARGO_BIN_EXE_kiln-webhooks-lambda-under-test");
 
 /// Starts a Lambda binary on `aws`'s resources, talking to `rt`.
 fn spawn(bin: &str, function: &str, rt: &RuntimeApi, aws: &TestAws, endpoint: &str) -> Child {
+    spawn_with(bin, function, rt, aws, endpoint, &[])
+}
+
+/// [`spawn`] with extra environment.
+fn spawn_with(
+    bin: &str,
+    function: &str,
+    rt: &RuntimeApi,
+    aws: &TestAws,
+    endpoint: &str,
+    extra: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(Path::new(bin));
+    cmd.envs(extra.iter().copied());
     for (k, _) in std::env::vars() {
         if k.starts_with("KILN_") || k.starts_with("AWS_") {
             cmd.env_remove(k);
@@ -340,4 +354,69 @@ async fn provider_keys_come_from_ssm_parameter_store() {
     settings.providers_file = Some(file);
     let providers = kiln_shared::providers::file::from_settings_with(&settings, &secrets).unwrap();
     assert_eq!(providers.entries()[0].provider.name(), "deepseek");
+}
+
+#[tokio::test]
+async fn the_webhooks_function_delivers_a_signed_event() {
+    use kiln_shared::domain::{Webhook, WebhookEvent};
+    use kiln_shared::ports::secrets_for;
+    use kiln_tests::webhook_receiver::Receiver;
+
+    let moto = moto().await;
+    let aws = moto.fresh(&[]).await;
+    let services = aws.services(Arc::new(SystemClock));
+    let rx = Receiver::start().await;
+    let user = UserId::parse("lena").unwrap();
+    let (secrets, _) = secrets_for(&*services.webhook_secrets, &user, SystemClock.now())
+        .await
+        .unwrap();
+    rx.set_secret(secrets.current.expose());
+
+    let mut job = pending_job(&services).await;
+    job.webhook = Some(Webhook {
+        url: rx.url.clone(),
+        events: vec![WebhookEvent::Completed],
+    });
+    job.version += 1;
+    services.store.update(&job).await.unwrap();
+    let claimed = job
+        .claim(SystemClock.now(), Duration::from_secs(60))
+        .unwrap();
+    services.store.update(&claimed).await.unwrap();
+    let token = claimed.lease.unwrap().token;
+    let done = claimed
+        .succeed(token, "local".into(), vec![], vec![], SystemClock.now())
+        .unwrap();
+    services.store.update(&done).await.unwrap();
+
+    let rt = RuntimeApi::start().await;
+    let _child = spawn_with(
+        WEBHOOKS_BIN,
+        "kiln-webhooks",
+        &rt,
+        &aws,
+        moto.endpoint(),
+        // The receiver is on loopback: allowed only by the explicit local-development switches.
+        &[
+            ("KILN_WEBHOOK_ALLOW_HTTP", "true"),
+            ("KILN_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ],
+    );
+    rt.wait_ready(Duration::from_secs(30)).await;
+    let event = json!({"job_id": done.id, "event_id": "evt_lambda_1", "type": "job.succeeded", "occurred_at": chrono::Utc::now(), "attempts": 0});
+    let batch = json!({"Records": [sqs_record("hook-1", &event.to_string(), 1), sqs_record("hook-poison", "[]", 1)]});
+    let Answer::Response(body) = rt.invoke(batch, Duration::from_secs(30)).await else {
+        panic!("the sender errored")
+    };
+    assert_eq!(
+        body,
+        json!({"batchItemFailures": [{"itemIdentifier": "hook-poison"}]})
+    );
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].id, "evt_lambda_1");
+    assert!(
+        got[0].verified,
+        "signed per Standard Webhooks with the user's secret"
+    );
+    assert_eq!(got[0].body["data"]["status"], "success");
 }

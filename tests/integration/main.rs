@@ -1,8 +1,8 @@
 //! Kiln's integration and end-to-end tests: one binary, one module per area.
 
 mod api_e2e;
-mod chaos;
 mod auth;
+mod chaos;
 mod cli;
 mod contract_aws;
 mod contract_local;

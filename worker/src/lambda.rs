@@ -16,7 +16,7 @@ use kiln_shared::{logging, SystemClock};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use tokio::time::Instant;
 
-use crate::{Worker, WorkerConfig};
+use crate::{WebhookSender, Worker, WorkerConfig};
 
 /// Time kept back from the invocation's deadline to answer the runtime.
 const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
@@ -46,7 +46,8 @@ pub async fn run_jobs() -> Result<(), Error> {
             max_receive_count: settings.max_receive_count,
             concurrency: settings.worker_concurrency,
         },
-    );
+    )
+    .with_webhooks(services.webhooks_queue);
     let worker = &worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(handle(worker, event).await)
@@ -54,17 +55,52 @@ pub async fn run_jobs() -> Result<(), Error> {
     .await
 }
 
+/// Runs the webhook sender function until the Lambda runtime stops it: each SQS batch of
+/// webhook events is delivered, retried later or parked, as in `kiln serve`.
+pub async fn run_webhooks() -> Result<(), Error> {
+    let settings = Settings::from_env()?;
+    logging::init(settings.log_format);
+    let services = Services::from_settings(&settings, Arc::new(SystemClock)).await?;
+    let public_url = settings.public_url.clone().unwrap_or_default();
+    let sender = WebhookSender::from_settings(&settings, &services, public_url);
+    let sender = &sender;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let messages = event
+            .payload
+            .records
+            .into_iter()
+            .filter_map(received)
+            .collect();
+        let failed = sender.process_batch(messages).await;
+        Ok::<_, Error>(batch_response(failed))
+    }))
+    .await
+}
+
 /// Runs one SQS batch before the invocation's deadline.
 pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> SqsBatchResponse {
-    let left_ms = event.context.deadline.saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
+    let left_ms = event
+        .context
+        .deadline
+        .saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
     let deadline = Instant::now() + Duration::from_millis(left_ms).saturating_sub(ANSWER_MARGIN);
-    let messages: Vec<ReceivedMessage> = event.payload.records.into_iter().filter_map(received).collect();
+    let messages: Vec<ReceivedMessage> = event
+        .payload
+        .records
+        .into_iter()
+        .filter_map(received)
+        .collect();
     let failed = worker.process_batch(messages, deadline).await;
     // One EMF document per invocation (plus one per provider called), on stdout, which Lambda
     // sends to CloudWatch Logs, where the metrics are extracted.
     for line in metrics::take_emf(&event.context.env_config.function_name, Utc::now()) {
         println!("{line}");
     }
+    batch_response(failed)
+}
+
+/// `batchItemFailures` naming the messages that must come back.
+fn batch_response(failed: Vec<String>) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()
@@ -84,7 +120,11 @@ fn received(m: SqsMessage) -> Option<ReceivedMessage> {
         tracing::error!("SQS record without a message id; skipping it");
         return None;
     };
-    let receive_count = m.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let receive_count = m
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let sent_at = m
         .attributes
         .get("SentTimestamp")

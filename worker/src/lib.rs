@@ -7,14 +7,14 @@
 //! expects.
 
 pub mod batch;
+pub mod dlq;
 #[cfg(feature = "lambda")]
 pub mod lambda;
-pub mod dlq;
 pub mod pool;
 pub mod webhooks;
 pub mod worker;
 
 pub use batch::{run_batch, Outcome};
 pub use pool::{retry_delay, run_pool, sweep, SweepReport};
-pub use worker::{Worker, WorkerConfig, PROVIDER_UNAVAILABLE};
 pub use webhooks::{run_webhook_pool, SenderConfig, WebhookSender};
+pub use worker::{Worker, WorkerConfig, PROVIDER_UNAVAILABLE};

@@ -9,13 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kiln_shared::adapters::Services;
 use kiln_shared::clock::Clock;
+use kiln_shared::config::Settings;
 use kiln_shared::domain::{EventType, JobId, UserId, WebhookDelivery};
 use kiln_shared::ports::{
     secrets_for, BlobStore, JobStore, Queue, ReceivedMessage, StoreError, WebhookSecretStore,
 };
 use kiln_shared::view::JobView;
-use kiln_shared::webhooks::{signature_header, UserWebhookSecrets, WebhookGuard, WebhookMessage};
+use kiln_shared::webhooks::{
+    signature_header, GuardPolicy, UserWebhookSecrets, WebhookGuard, WebhookMessage,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -441,6 +445,41 @@ fn message_span(msg: &ReceivedMessage) -> Span {
         job_id = %job_id,
         event_id = %event_id,
     )
+}
+
+/// The webhook guard the settings ask for, resolving through the services' resolver.
+pub fn guard_for(settings: &Settings, services: &Services) -> WebhookGuard {
+    WebhookGuard::new(
+        GuardPolicy {
+            allow_http: settings.webhook_allow_http,
+            allow_private: settings.webhook_allow_private,
+        },
+        services.resolver.clone(),
+    )
+}
+
+impl WebhookSender {
+    /// The sender a process runs over `services`; payload URLs are made absolute under
+    /// `public_url`.
+    pub fn from_settings(settings: &Settings, services: &Services, public_url: String) -> Self {
+        Self::new(
+            services.store.clone(),
+            services.webhook_secrets.clone(),
+            services.blobs.clone(),
+            guard_for(settings, services),
+            services.clock.clone(),
+            services.webhooks_queue.clone(),
+            services.webhooks_dlq.clone(),
+            SenderConfig {
+                retry_delays: settings.webhook_retry_delays.clone(),
+                timeout: DELIVERY_TIMEOUT,
+                max_queue_delay: MAX_QUEUE_DELAY,
+                concurrency: settings.worker_concurrency,
+                url_ttl: settings.url_ttl,
+                public_url: public_url.trim_end_matches('/').to_owned(),
+            },
+        )
+    }
 }
 
 /// The local feed of the sender: receives webhook messages from its queue, delivers them,

@@ -115,13 +115,26 @@ pub fn from_settings_with(
         .redirect(reqwest::redirect::Policy::limited(3))
         .connect_timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| ConfigError::new("KILN_PROVIDERS", format!("cannot build the HTTP client: {e}")))?;
+        .map_err(|e| {
+            ConfigError::new(
+                "KILN_PROVIDERS",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
     let lookup = |k: &str| {
-        secrets.get(k).map(|s| s.expose().to_owned()).or_else(|| crate::config::process_env(k))
+        secrets
+            .get(k)
+            .map(|s| s.expose().to_owned())
+            .or_else(|| crate::config::process_env(k))
     };
     let providers = load(path, &lookup, http)?;
     for e in providers.entries() {
-        tracing::info!(provider = e.provider.name(), cost = e.cost_per_image_usd, priority = e.priority, "provider configured");
+        tracing::info!(
+            provider = e.provider.name(),
+            cost = e.cost_per_image_usd,
+            priority = e.priority,
+            "provider configured"
+        );
     }
     Ok(providers)
 }
