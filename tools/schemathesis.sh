@@ -27,15 +27,13 @@ cleanup() {
 trap cleanup EXIT
 
 # Only the variables below: a developer's own KILN_* must not change what is tested.
-run_kiln() {
-  env -u KILN_PROVIDERS -u KILN_URL -u KILN_API_KEY \
-    KILN_DATA_DIR="$WORK/data" KILN_ADDR=127.0.0.1:0 KILN_LOG_FORMAT=pretty RUST_LOG=warn \
-    KILN_RATE_LIMIT_STANDARD=off KILN_MAX_IN_FLIGHT_STANDARD=off \
-    "$KILN" "$@"
-}
+KILN_ENV=(-u KILN_PROVIDERS -u KILN_URL -u KILN_API_KEY
+  KILN_DATA_DIR="$WORK/data" KILN_ADDR=127.0.0.1:0 KILN_LOG_FORMAT=pretty RUST_LOG=warn
+  KILN_RATE_LIMIT_STANDARD=off KILN_MAX_IN_FLIGHT_STANDARD=off)
 
-KEY="$(cd "$WORK" && run_kiln keys create --user schemathesis | tail -n1)"
-(cd "$WORK" && run_kiln serve >"$WORK/serve.out" 2>"$WORK/serve.err") &
+KEY="$(cd "$WORK" && env "${KILN_ENV[@]}" "$KILN" keys create --user schemathesis | tail -n1)"
+# `exec`, so that the PID is the server's own and the cleanup stops the server itself.
+(cd "$WORK" && exec env "${KILN_ENV[@]}" "$KILN" serve >"$WORK/serve.out" 2>"$WORK/serve.err") &
 SERVER_PID=$!
 
 BASE=""
