@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
+use kiln_shared::adapters::aws::{parameter, AwsClients, AwsOverrides};
 use kiln_shared::adapters::Services;
-use kiln_shared::config::Settings;
+use kiln_shared::config::{process_env, Settings};
 use kiln_shared::{logging, SystemClock};
 
 use crate::{router, ApiConfig, AppState};
 
 /// Runs the API function until the Lambda runtime stops it.
 pub async fn run() -> Result<(), lambda_http::Error> {
-    let settings = Settings::from_env()?;
+    let settings = with_jwt_secret_from_ssm(Settings::from_env()?).await?;
     logging::init(settings.log_format);
     let services = Services::from_settings(&settings, Arc::new(SystemClock)).await?;
     let state = AppState {
@@ -23,4 +24,18 @@ pub async fn run() -> Result<(), lambda_http::Error> {
         config: ApiConfig::from_settings(&settings),
     };
     lambda_http::run(router(state)).await
+}
+
+/// On AWS the HS256 secret lives in SSM (`KILN_JWT_SECRET_SSM` names the parameter): read it
+/// once per cold start and build the settings as if it were `KILN_JWT_SECRET`.
+async fn with_jwt_secret_from_ssm(settings: Settings) -> Result<Settings, lambda_http::Error> {
+    let Some(name) = process_env("KILN_JWT_SECRET_SSM").filter(|n| !n.trim().is_empty()) else {
+        return Ok(settings);
+    };
+    let clients = AwsClients::load(&AwsOverrides::default()).await?;
+    let secret = parameter(&clients, name.trim(), "KILN_JWT_SECRET_SSM").await?;
+    Ok(Settings::from_lookup(|k| match k {
+        "KILN_JWT_SECRET" => Some(secret.expose().to_owned()),
+        _ => process_env(k),
+    })?)
 }

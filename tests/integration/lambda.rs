@@ -420,3 +420,69 @@ async fn the_webhooks_function_delivers_a_signed_event() {
     );
     assert_eq!(got[0].body["data"]["status"], "success");
 }
+
+#[tokio::test]
+async fn the_api_function_reads_its_jwt_secret_from_ssm() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let moto = moto().await;
+    let aws = moto.fresh(&[]).await;
+    let clients = moto.clients().await;
+    let name = format!(
+        "/kiln-t-{}/jwt",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let secret = "a-jwt-secret-of-at-least-thirty-two-bytes";
+    clients
+        .ssm
+        .put_parameter()
+        .name(&name)
+        .value(secret)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let rt = RuntimeApi::start().await;
+    let _child = spawn_with(
+        API_BIN,
+        "kiln-api",
+        &rt,
+        &aws,
+        moto.endpoint(),
+        &[
+            ("KILN_JWT_SECRET_SSM", &name),
+            ("KILN_JWT_ISSUER", "https://issuer.example"),
+            ("KILN_JWT_AUDIENCE", "kiln"),
+        ],
+    );
+    rt.wait_ready(Duration::from_secs(30)).await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": "jwt-user", "iss": "https://issuer.example", "aud": "kiln", "exp": now + 300, "iat": now});
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let (status, body) = response(
+        rt.invoke(
+            http_event("GET", "/v1/jobs", Some(&token), None),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
+    assert_eq!(status, 200, "{body}");
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"some-other-secret-of-thirty-two-bytes"),
+    )
+    .unwrap();
+    let (status, _) = response(
+        rt.invoke(
+            http_event("GET", "/v1/jobs", Some(&forged), None),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
+    assert_eq!(status, 401);
+}

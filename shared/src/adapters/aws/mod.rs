@@ -30,7 +30,7 @@ pub use job_store::{
 };
 pub use queue::{SqsQueue, MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT};
 pub use resources::{create_resources, ResourceError, ResourceNames};
-pub use secrets::parameters_by_path;
+pub use secrets::{parameter, parameters_by_path};
 pub use webhook_secrets::DynamoWebhookSecrets;
 
 use super::Services;

@@ -60,3 +60,27 @@ pub async fn parameters_by_path(
         format!("more than {} parameters under {path}", MAX_PAGES * 10),
     ))
 }
+
+/// One SecureString parameter, decrypted; `var` names the setting that named it.
+pub async fn parameter(clients: &AwsClients, name: &str, var: &str) -> Result<Secret, ConfigError> {
+    let out = clients
+        .ssm
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| {
+            ConfigError::new(
+                var,
+                format!(
+                    "cannot read parameter {name}: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(&e)
+                ),
+            )
+        })?;
+    out.parameter()
+        .and_then(|p| p.value())
+        .map(Secret::new)
+        .ok_or_else(|| ConfigError::new(var, format!("parameter {name} has no value")))
+}
