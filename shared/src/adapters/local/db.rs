@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::ports::{QueueError, StoreError};
 
@@ -111,8 +111,11 @@ pub enum DbError {
 const MAX_GROUP: usize = 512;
 /// Write requests that may wait for the writer thread before senders wait too.
 const WRITE_QUEUE: usize = 4096;
-/// Read connections kept open between reads.
-const MAX_IDLE_READERS: usize = 4;
+/// Reads running at once, each on its own connection, kept open between reads (opening one
+/// parses the schema again).
+const READERS: usize = 8;
+/// Least time between two checkpoints of the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// Statements each connection keeps prepared (`prepare_cached`).
 const STATEMENT_CACHE: usize = 64;
 
@@ -132,6 +135,7 @@ pub struct Db {
 struct Inner {
     writer: mpsc::Sender<WriteTask>,
     readers: Mutex<Vec<Connection>>,
+    reading: Semaphore,
     path: PathBuf,
 }
 
@@ -183,18 +187,29 @@ impl Db {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&mut conn)?;
+        // Checkpoints (copying the WAL back into the file, with an fsync) run on a thread of
+        // their own instead of inside whichever commit crossed the threshold, so the writer
+        // does not stall; PASSIVE never waits for readers or writers.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = connect(path)?;
+        let (checkpoint, wanted) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("kiln-db-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, wanted))
+            .map_err(|e| DbError::Task(format!("cannot start the checkpointer: {e}")))?;
         // The canonical path names the database in the per-process wake-up registry, so that
         // two handles on one file share their queues' notifications.
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("kiln-db-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, checkpoint))
             .map_err(|e| DbError::Task(format!("cannot start the database writer: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 writer,
                 readers: Mutex::new(Vec::new()),
+                reading: Semaphore::new(READERS),
                 path,
             }),
         })
@@ -262,6 +277,13 @@ impl Db {
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
+        // Bounded, so that a burst of reads waits here instead of opening a connection each.
+        let _permit = self
+            .inner
+            .reading
+            .acquire()
+            .await
+            .map_err(|e| E::from(DbError::Task(e.to_string())))?;
         tokio::task::spawn_blocking(move || {
             let idle = inner
                 .readers
@@ -274,7 +296,7 @@ impl Db {
             };
             let out = f(&conn);
             let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE_READERS {
+            if idle.len() < READERS {
                 idle.push(conn);
             }
             out
@@ -297,13 +319,19 @@ fn connect(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Savepoints' sub-journals and sorts stay in memory instead of temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
 /// The writer thread: takes what has arrived (up to [`MAX_GROUP`]), runs the grouped writes in
 /// one transaction and the exclusive calls between groups, in arrival order.
-fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteTask>) {
+fn write_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriteTask>,
+    checkpoint: mpsc::Sender<()>,
+) {
     let mut arrived = Vec::with_capacity(MAX_GROUP);
     let mut group: Vec<GroupedWrite> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
@@ -326,7 +354,25 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteTask>) {
             }
         }
         run_group(&conn, &mut group);
+        // Full means one is already asked for.
+        let _ = checkpoint.try_send(());
     }
+}
+
+/// Checkpoints the WAL when the writer asks, at most every [`CHECKPOINT_EVERY`]; ends with
+/// the writer.
+fn checkpoint_loop(conn: Connection, mut wanted: mpsc::Receiver<()>) {
+    while wanted.blocking_recv().is_some() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint did not run");
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+}
+
+/// Runs one of the writer's own statements, prepared once.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Runs `group` in one `IMMEDIATE` transaction, each write in a savepoint, and answers each
@@ -336,26 +382,26 @@ fn run_group(conn: &Connection, group: &mut Vec<GroupedWrite>) {
     if group.is_empty() {
         return;
     }
-    let in_tx = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let in_tx = exec(conn, "BEGIN IMMEDIATE").is_ok();
     let mut committed = Vec::with_capacity(group.len());
     for f in group.drain(..) {
-        if conn.execute_batch("SAVEPOINT w").is_err() {
+        if exec(conn, "SAVEPOINT w").is_err() {
             // Dropping `f` drops its answer's sender: the caller gets an error.
             continue;
         }
         let settled = panic::catch_unwind(AssertUnwindSafe(|| f(conn)));
         match settled {
-            Ok(s) if s.keep => match conn.execute_batch("RELEASE w") {
+            Ok(s) if s.keep => match exec(conn, "RELEASE w") {
                 Ok(()) if in_tx => committed.push(s.answer),
                 // Outside a transaction, the release was the commit.
                 Ok(()) => (s.answer)(Ok(())),
                 Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+                    let _ = exec(conn, "ROLLBACK TO w").and_then(|()| exec(conn, "RELEASE w"));
                     (s.answer)(Err(&e));
                 }
             },
             other => {
-                let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+                let _ = exec(conn, "ROLLBACK TO w").and_then(|()| exec(conn, "RELEASE w"));
                 if let Ok(s) = other {
                     (s.answer)(Ok(()));
                 }
@@ -365,10 +411,10 @@ fn run_group(conn: &Connection, group: &mut Vec<GroupedWrite>) {
     if !in_tx {
         return;
     }
-    match conn.execute_batch("COMMIT") {
+    match exec(conn, "COMMIT") {
         Ok(()) => committed.into_iter().for_each(|a| a(Ok(()))),
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec(conn, "ROLLBACK");
             committed.into_iter().for_each(|a| a(Err(&e)));
         }
     }
