@@ -438,8 +438,14 @@ mod tests {
         assert_eq!(w.events, [WebhookEvent::Running]);
         for (body, field) in [
             (serde_json::json!({}), "webhook.url"),
-            (serde_json::json!({"url": "https://a", "events": []}), "webhook.events"),
-            (serde_json::json!({"url": "https://a", "events": ["done"]}), "webhook.events"),
+            (
+                serde_json::json!({"url": "https://a", "events": []}),
+                "webhook.events",
+            ),
+            (
+                serde_json::json!({"url": "https://a", "events": ["done"]}),
+                "webhook.events",
+            ),
             (
                 serde_json::json!({"url": format!("https://a/{}", "x".repeat(3000))}),
                 "webhook.url",
