@@ -22,7 +22,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 
 use super::error_mapping::store_error;
-use super::job_store::{IN_FLIGHT_INDEX, TTL_ATTRIBUTE};
+use super::job_store::{decode_doc, encode, n, s, IN_FLIGHT_INDEX, TTL_ATTRIBUTE};
 use crate::domain::{IdempotencyKey, IdempotencyRecord, IdempotencyState, Template, UserId};
 use crate::ports::{IdempotencyClaim, StoreError};
 
@@ -30,27 +30,6 @@ type Item = HashMap<String, AttributeValue>;
 
 /// How often a claim retries when the item it lost to vanished before it could be read.
 const CLAIM_TRIES: usize = 3;
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("cannot encode: {e}")))
-}
-
-fn decode_doc<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
-    let doc = item
-        .get("doc")
-        .and_then(|v| v.as_s().ok())
-        .ok_or_else(|| StoreError::Unavailable("stored item has no `doc` attribute".into()))?;
-    serde_json::from_str(doc)
-        .map_err(|e| StoreError::Unavailable(format!("stored document is unreadable: {e}")))
-}
 
 fn idem_key(user: &UserId, key: &IdempotencyKey) -> (AttributeValue, AttributeValue) {
     (

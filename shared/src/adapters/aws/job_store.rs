@@ -168,11 +168,11 @@ impl DynamoJobStore {
     }
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(super) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
@@ -202,11 +202,11 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+pub(super) fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("cannot encode: {e}")))
 }
 
-fn decode_doc<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+pub(super) fn decode_doc<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     let doc = item
         .get("doc")
         .and_then(|v| v.as_s().ok())

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use rand::RngCore;
 
-pub use blob_store::{content_type_for, validate_key, FileBlobStore, MAX_KEY_LEN};
+pub use crate::ports::blob_store::{validate_key, MAX_KEY_LEN};
+pub use blob_store::{content_type_for, FileBlobStore};
 pub use db::{Db, DbError};
 pub use job_store::SqliteJobStore;
 pub use queue::{QueuedMessage, SqliteQueue, MAX_BATCH};
