@@ -119,19 +119,26 @@ async fn settle(worker: &Worker, queue: &dyn Queue, messages: Vec<ReceivedMessag
         .await
         .into_iter()
         .collect();
-    for (id, receipt, receive_count) in handles {
-        let settled = if failed.contains(&id) {
-            queue
-                .change_visibility(&receipt, retry_delay(receive_count))
-                .await
-        } else {
-            queue.delete(&receipt).await
-        };
-        if let Err(e) = settled {
-            // The message comes back after its visibility timeout; the job store decides then.
-            warn!(message_id = %id, error = %e, "could not settle a job message");
+    // Settled together, so that the local queue commits them in one group and SQS takes them
+    // in parallel.
+    let settles = handles.into_iter().map(|(id, receipt, receive_count)| {
+        let retry = failed.contains(&id);
+        async move {
+            let settled = if retry {
+                queue
+                    .change_visibility(&receipt, retry_delay(receive_count))
+                    .await
+            } else {
+                queue.delete(&receipt).await
+            };
+            if let Err(e) = settled {
+                // The message comes back after its visibility timeout; the job store decides
+                // then.
+                warn!(message_id = %id, error = %e, "could not settle a job message");
+            }
         }
-    }
+    });
+    futures::future::join_all(settles).await;
 }
 
 /// `2^receive_count` seconds, at most [`MAX_RETRY_DELAY`].
