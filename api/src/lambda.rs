@@ -14,10 +14,10 @@ use crate::{router, ApiConfig, AppState};
 pub async fn run() -> Result<(), lambda_http::Error> {
     let settings = with_jwt_secret_from_ssm(Settings::from_env()?).await?;
     logging::init(settings.log_format);
-    let services = Services::from_settings(&settings, Arc::new(SystemClock)).await?;
+    let services = Services::on_aws(&settings, Arc::new(SystemClock)).await?;
     let state = AppState {
         store: services.store,
-        queue: services.jobs_queue,
+        intake: services.intake,
         blobs: services.blobs,
         url_signer: services.url_signer,
         clock: services.clock,

@@ -27,7 +27,7 @@ use axum::http::Request;
 use axum::routing::{get, post};
 use axum::Router;
 use kiln_shared::config::{Limits, Settings};
-use kiln_shared::ports::{BlobStore, JobStore, Queue};
+use kiln_shared::ports::{BlobStore, Intake, JobStore};
 use kiln_shared::url_signing::UrlSigner;
 use kiln_shared::webhooks::{GuardPolicy, SystemResolver, WebhookGuard};
 use kiln_shared::Clock;
@@ -46,8 +46,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(25);
 pub struct AppState {
     /// Jobs and API keys.
     pub store: Arc<dyn JobStore>,
-    /// The jobs queue.
-    pub queue: Arc<dyn Queue>,
+    /// Stores submitted jobs and enqueues them.
+    pub intake: Arc<dyn Intake>,
     /// Images.
     pub blobs: Arc<dyn BlobStore>,
     /// Checks `/v1/images` URLs; `None` where the blob store hands out its own URLs (S3).
@@ -79,6 +79,8 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// Origins allowed by CORS (`*` for any); empty sends no CORS headers.
     pub cors_origins: Vec<String>,
+    /// API keys found recently.
+    pub api_keys: auth::KeyCache,
 }
 
 impl ApiConfig {
@@ -100,6 +102,7 @@ impl ApiConfig {
             jwt: s.jwt.clone().map(|j| Arc::new(jwt::JwtVerifier::new(j))),
             limits: s.limits,
             cors_origins: s.cors_origins.clone(),
+            api_keys: auth::KeyCache::new(s.api_key_cache),
         }
     }
 }

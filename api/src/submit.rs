@@ -1,18 +1,12 @@
 //! The one submit pipeline behind `POST /v1/jobs` and the seed routes: validate everything,
 //! store the pending jobs, enqueue their ids.
 
-use std::time::Duration;
-
 use kiln_shared::domain::{Job, NewJob, SubmitJob, ValidationError, WebhookSpec};
-use kiln_shared::ports::JobMessage;
 
 use crate::{ApiError, AppState, Caller};
 
 /// Most jobs one batch may carry.
 pub const MAX_BATCH: usize = 100;
-
-/// Most messages one `Queue::send` carries (the SQS batch limit).
-const SEND_BATCH: usize = 10;
 
 /// Validates every body, then stores and enqueues the jobs in order, all or none: the first
 /// job that cannot be stored is the error. See [`prepare`] and [`store`].
@@ -80,34 +74,16 @@ pub async fn prepare(
     Ok(jobs)
 }
 
-/// Stores the jobs (one batch write) and enqueues their ids in batches of [`SEND_BATCH`]; one
-/// result per job, in order: the job, or why it was not stored. Only stored jobs are enqueued.
-///
-/// A failed enqueue is logged and otherwise ignored: the job is already durable and pending,
-/// and the worker pool's sweeper re-enqueues pending jobs that sat too long, so the client gets
-/// its `202` and the job still runs, only later.
+/// Stores and enqueues the jobs through the intake; one result per job, in order: the job, or
+/// why it was not stored.
 pub async fn store(state: &AppState, jobs: Vec<Job>) -> Vec<Result<Job, ApiError>> {
-    let (stored, mut first_error) = match state.store.insert_many(&jobs).await {
+    let (stored, mut first_error) = match state.intake.accept(&jobs).await {
         Ok(()) => (jobs.len(), None),
         Err((n, e)) => {
             tracing::warn!(error = %e, stored = n, of = jobs.len(), "storing jobs failed");
             (n, Some(ApiError::from(e)))
         }
     };
-    for chunk in jobs[..stored].chunks(SEND_BATCH) {
-        let bodies: Vec<String> = chunk
-            .iter()
-            .map(|j| JobMessage { job_id: j.id }.encode())
-            .collect();
-        if let Err(e) = state.queue.send(&bodies, Duration::ZERO).await {
-            let ids: Vec<String> = chunk.iter().map(|j| j.id.to_string()).collect();
-            tracing::warn!(
-                error = %e,
-                job_ids = ?ids,
-                "enqueue failed; the jobs are stored and the sweeper will enqueue them"
-            );
-        }
-    }
     jobs.into_iter()
         .enumerate()
         .map(|(i, job)| {

@@ -9,7 +9,7 @@ use axum::Router;
 use kiln_api::{router, ApiConfig, AppState};
 use kiln_shared::adapters::local::{LocalBackend, LocalOptions};
 use kiln_shared::domain::{ApiKey, ApiKeyRecord, ImageRef, Job, JobId, JobStatus, Tier, UserId};
-use kiln_shared::ports::{BlobStore, JobMessage, JobStore, ListQuery, Queue};
+use kiln_shared::ports::{BlobStore, JobMessage, JobStore, ListQuery, Queue, StoreThenEnqueue};
 use kiln_shared::ManualClock;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -17,6 +17,8 @@ use tower::ServiceExt;
 
 const BASE: &str = "http://kiln.test";
 const URL_TTL: Duration = Duration::from_secs(600);
+/// How long the API keeps a found key.
+const KEY_CACHE: Duration = Duration::from_secs(5);
 
 struct TestApp {
     router: Router,
@@ -65,7 +67,7 @@ async fn spawn_app() -> TestApp {
     .expect("local backend");
     let state = AppState {
         store: backend.store.clone(),
-        queue: backend.jobs_queue.clone(),
+        intake: backend.intake.clone(),
         blobs: backend.blobs.clone(),
         url_signer: Some(backend.url_signer.clone()),
         clock: Arc::new(clock.clone()),
@@ -88,6 +90,7 @@ async fn spawn_app() -> TestApp {
                 },
             },
             cors_origins: Vec::new(),
+            api_keys: kiln_api::auth::KeyCache::new(KEY_CACHE),
         },
     };
     let mut app = TestApp {
@@ -337,6 +340,9 @@ async fn missing_unknown_and_revoked_keys_are_401() {
         .revoke_api_key(&record.id, app.clock_now())
         .await
         .unwrap();
+    // The key was found moments ago: it works until its cache entry is old.
+    assert_eq!(app.get("/v1/jobs").await.status, StatusCode::OK);
+    app.clock.advance(KEY_CACHE);
     let a = app.get("/v1/jobs").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // Nothing is stored for a refused caller.
@@ -772,7 +778,10 @@ async fn a_down_store_is_a_503_that_reveals_nothing() {
     let app = spawn_app().await;
     let state = AppState {
         store: Arc::new(DownStore),
-        queue: app.backend.jobs_queue.clone(),
+        intake: Arc::new(StoreThenEnqueue::new(
+            Arc::new(DownStore),
+            app.backend.jobs_queue.clone(),
+        )),
         blobs: app.backend.blobs.clone(),
         url_signer: None,
         clock: Arc::new(app.clock.clone()),

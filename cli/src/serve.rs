@@ -100,7 +100,7 @@ pub async fn start(
 
     let state = AppState {
         store: services.store.clone(),
-        queue: services.jobs_queue.clone(),
+        intake: services.intake.clone(),
         blobs: services.blobs.clone(),
         url_signer: services.url_signer.clone(),
         clock: services.clock.clone(),

@@ -282,6 +282,10 @@ pub struct Settings {
     pub url_signing_secret: Option<Secret>,
     /// `KILN_MAX_BODY_BYTES`: largest request body; default 65536.
     pub max_body_bytes: usize,
+    /// `KILN_API_KEY_CACHE_SECS`: how long the API keeps an API key it found before looking it
+    /// up again, which is also how long a revoked key may keep working; 0 looks up every
+    /// request; default 5.
+    pub api_key_cache: Duration,
     /// `KILN_LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
     /// `KILN_PROVIDER_KEYS_SSM_PATH`: on AWS, an SSM Parameter Store path whose parameters are
@@ -400,6 +404,7 @@ impl Settings {
             retention: Duration::from_secs(retention_days * 86_400),
             url_signing_secret: env.text("KILN_URL_SIGNING_SECRET").map(Secret::new),
             max_body_bytes: env.parse("KILN_MAX_BODY_BYTES", 64 * 1024usize)?,
+            api_key_cache: env.secs("KILN_API_KEY_CACHE_SECS", 5)?,
             log_format: env.parse("KILN_LOG_FORMAT", LogFormat::Pretty)?,
             provider_keys_ssm_path: env.text("KILN_PROVIDER_KEYS_SSM_PATH"),
             webhook_allow_http: env.parse("KILN_WEBHOOK_ALLOW_HTTP", false)?,

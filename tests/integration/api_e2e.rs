@@ -234,6 +234,8 @@ async fn another_users_job_is_not_found() {
 async fn missing_unknown_and_revoked_keys_are_401() {
     let app = TestApp::spawn_with(TestOptions {
         worker: false,
+        // Every request looks its key up, so a revocation shows at once.
+        env: vec![("KILN_API_KEY_CACHE_SECS", "0".into())],
         ..Default::default()
     })
     .await;

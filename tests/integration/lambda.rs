@@ -486,3 +486,25 @@ async fn the_api_function_reads_its_jwt_secret_from_ssm() {
     );
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn the_functions_refuse_to_start_on_the_local_backend() {
+    for bin in [API_BIN, WORKER_BIN, WEBHOOKS_BIN] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(Path::new(bin))
+            .env_clear()
+            .env("KILN_BACKEND", "local")
+            .env("KILN_DATA_DIR", dir.path())
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} started on the local backend");
+        assert!(stderr.contains("KILN_BACKEND"), "{bin}: {stderr}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{bin} wrote into the data directory"
+        );
+    }
+}

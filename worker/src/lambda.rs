@@ -25,7 +25,7 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(1500);
 pub async fn run_jobs() -> Result<(), Error> {
     let settings = Settings::from_env()?;
     logging::init(settings.log_format);
-    let services = Services::from_settings(&settings, Arc::new(SystemClock)).await?;
+    let services = Services::on_aws(&settings, Arc::new(SystemClock)).await?;
     // Provider keys from SSM, read once per cold start; never in the function's environment.
     let secrets = match &settings.provider_keys_ssm_path {
         Some(path) => {
@@ -60,7 +60,7 @@ pub async fn run_jobs() -> Result<(), Error> {
 pub async fn run_webhooks() -> Result<(), Error> {
     let settings = Settings::from_env()?;
     logging::init(settings.log_format);
-    let services = Services::from_settings(&settings, Arc::new(SystemClock)).await?;
+    let services = Services::on_aws(&settings, Arc::new(SystemClock)).await?;
     let public_url = settings.public_url.clone().unwrap_or_default();
     let sender = WebhookSender::from_settings(&settings, &services, public_url);
     let sender = &sender;

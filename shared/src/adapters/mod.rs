@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Backend, ConfigError, Settings};
-use crate::ports::{BlobStore, JobStore, Queue, WebhookSecretStore};
+use crate::ports::{BlobStore, Intake, JobStore, Queue, WebhookSecretStore};
 use crate::url_signing::UrlSigner;
 use crate::webhooks::{Resolve, SystemResolver};
 
@@ -19,6 +19,8 @@ use crate::webhooks::{Resolve, SystemResolver};
 pub struct Services {
     /// Jobs and API keys.
     pub store: Arc<dyn JobStore>,
+    /// Submits: stores pending jobs and enqueues them.
+    pub intake: Arc<dyn Intake>,
     /// Jobs to run.
     pub jobs_queue: Arc<dyn Queue>,
     /// Jobs queue's dead letters.
@@ -65,6 +67,7 @@ impl Services {
                     })?;
                 Ok(Self {
                     store: b.store,
+                    intake: b.intake,
                     jobs_queue: b.jobs_queue,
                     jobs_dlq: b.jobs_dlq,
                     webhooks_queue: b.webhooks_queue,
@@ -86,5 +89,20 @@ impl Services {
                 format!("backend {other:?} is not compiled into this binary"),
             )),
         }
+    }
+
+    /// The AWS adapters, for the Lambda functions: refuses any other backend, and leaves the
+    /// local one (SQLite) out of the binaries that call only this.
+    #[cfg(feature = "aws")]
+    pub async fn on_aws(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        if settings.backend != Backend::Aws {
+            return Err(ConfigError::new(
+                "KILN_BACKEND",
+                "the Lambda functions run on the aws backend only; set KILN_BACKEND=aws",
+            ));
+        }
+        Ok(aws::AwsBackend::connect(settings)
+            .await?
+            .into_services(clock))
     }
 }

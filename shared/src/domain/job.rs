@@ -542,28 +542,35 @@ impl Job {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::SubmitJob;
-
-    fn job(now: DateTime<Utc>) -> Job {
-        let (request, _) = SubmitJob {
-            prompt: Some("p".into()),
+impl Job {
+    /// A pending job of `user` with prompt "a kiln", kept an hour: for the crate's tests.
+    pub(crate) fn sample(user: &str, now: DateTime<Utc>) -> Job {
+        let (request, metadata) = crate::domain::SubmitJob {
+            prompt: Some("a kiln".into()),
             ..Default::default()
         }
         .validate()
         .unwrap();
         Job::new(
             NewJob {
-                user_id: UserId::parse("u").unwrap(),
+                user_id: UserId::parse(user).unwrap(),
                 tier: Tier::Standard,
                 request,
                 webhook: None,
-                metadata: None,
+                metadata,
             },
             now,
             Duration::from_secs(3600),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(now: DateTime<Utc>) -> Job {
+        Job::sample("u", now)
     }
 
     #[test]

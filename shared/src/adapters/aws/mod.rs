@@ -204,6 +204,10 @@ impl AwsBackend {
     /// URL signer.
     pub fn into_services(self, clock: Arc<dyn Clock>) -> Services {
         Services {
+            intake: Arc::new(crate::ports::StoreThenEnqueue::new(
+                self.store.clone(),
+                self.jobs_queue.clone(),
+            )),
             store: self.store,
             jobs_queue: self.jobs_queue,
             jobs_dlq: self.jobs_dlq,

@@ -1,6 +1,6 @@
 //! The local store's idempotency keys, rate windows, in-flight counts and templates. Each
-//! check-and-write is one SQLite statement or an `IMMEDIATE` transaction, so it holds across
-//! processes sharing the file.
+//! check-and-write runs inside one write of the writer thread (a savepoint of its group's
+//! `IMMEDIATE` transaction), so it holds across processes sharing the file.
 
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub(super) async fn claim_idempotency_key(
     let (user, key) = (record.user_id.to_string(), record.key.as_str().to_owned());
     let (expires, now) = (to_millis(record.expires_at), to_millis(now));
     let existing = db
-        .call(move |conn| {
+        .write(move |conn| {
             // One statement: inserts, or replaces an expired record, or changes nothing.
             let n = conn.execute(
                 "INSERT INTO idempotency_keys (user_id, key, expires_at, doc) VALUES (?1, ?2, ?3, ?4)
@@ -63,7 +63,7 @@ pub(super) async fn complete_idempotency_key(
     let doc = to_json(record)?;
     let (user, key) = (record.user_id.to_string(), record.key.as_str().to_owned());
     let expires = to_millis(record.expires_at);
-    db.call(move |conn| {
+    db.write(move |conn| {
         conn.execute(
             "UPDATE idempotency_keys SET doc = ?3, expires_at = ?4 WHERE user_id = ?1 AND key = ?2",
             params![user, key, doc, expires],
@@ -79,7 +79,7 @@ pub(super) async fn release_idempotency_key(
     key: &IdempotencyKey,
 ) -> Result<(), StoreError> {
     let (user, key) = (user.to_string(), key.as_str().to_owned());
-    db.call(move |conn| {
+    db.write(move |conn| {
         conn.execute(
             "DELETE FROM idempotency_keys WHERE user_id = ?1 AND key = ?2
                AND json_extract(doc, '$.state.state') = 'in_progress'",
@@ -101,20 +101,17 @@ pub(super) async fn take_rate_token(
     let start = to_millis(window_start);
     // Kept one window past its end, then swept by the next request of the same user.
     let expires = start.saturating_add(duration_millis(window).saturating_mul(2));
-    db.call(move |conn| {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM rate_windows WHERE user_id = ?1 AND expires_at < ?2",
-            params![user, start],
-        )?;
-        let n = tx.execute(
-            "INSERT INTO rate_windows (user_id, window_start, count, expires_at)
-             VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT (user_id, window_start) DO UPDATE SET count = count + 1
-             WHERE rate_windows.count < ?4",
-            params![user, start, expires, limit],
-        )?;
-        tx.commit()?;
+    db.write(move |conn| {
+        conn.prepare_cached("DELETE FROM rate_windows WHERE user_id = ?1 AND expires_at < ?2")?
+            .execute(params![user, start])?;
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO rate_windows (user_id, window_start, count, expires_at)
+                 VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT (user_id, window_start) DO UPDATE SET count = count + 1
+                 WHERE rate_windows.count < ?4",
+            )?
+            .execute(params![user, start, expires, limit])?;
         Ok(n == 1)
     })
     .await
@@ -127,7 +124,7 @@ pub(super) async fn count_in_flight(
 ) -> Result<usize, StoreError> {
     let user = user.to_string();
     let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
-    db.call(move |conn| {
+    db.read(move |conn| {
         let n: i64 = conn
             .prepare_cached(
                 "SELECT COUNT(*) FROM (SELECT 1 FROM jobs
@@ -150,7 +147,7 @@ pub(super) async fn count_in_flight(
 pub(super) async fn insert_template(db: &Db, t: &Template) -> Result<(), StoreError> {
     let doc = to_json(t)?;
     let (owner, name) = (owner_col(t.owner.as_ref()), t.name.clone());
-    db.call(move |conn| {
+    db.write(move |conn| {
         let n = conn.execute(
             "INSERT INTO templates (owner, name, doc) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             params![owner, name, doc],
@@ -172,7 +169,7 @@ pub(super) async fn get_template(
 ) -> Result<Option<Template>, StoreError> {
     let (owner, name) = (owner_col(owner), name.to_owned());
     let doc = db
-        .call(move |conn| {
+        .read(move |conn| {
             Ok::<_, StoreError>(
                 conn.prepare_cached("SELECT doc FROM templates WHERE owner = ?1 AND name = ?2")?
                     .query_row(params![owner, name], |r| r.get::<_, String>(0))
@@ -189,7 +186,7 @@ pub(super) async fn list_templates(
 ) -> Result<Vec<Template>, StoreError> {
     let owner = owner_col(owner);
     let docs = db
-        .call(move |conn| {
+        .read(move |conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT doc FROM templates WHERE owner = ?1 ORDER BY name")?;
             let rows = stmt.query_map([owner], |r| r.get::<_, String>(0))?;
@@ -205,7 +202,7 @@ pub(super) async fn delete_template(
     name: &str,
 ) -> Result<bool, StoreError> {
     let (owner, name) = (owner_col(owner), name.to_owned());
-    db.call(move |conn| {
+    db.write(move |conn| {
         Ok(conn.execute(
             "DELETE FROM templates WHERE owner = ?1 AND name = ?2",
             params![owner, name],
@@ -217,7 +214,7 @@ pub(super) async fn delete_template(
 /// Deletes idempotency keys past their expiry.
 pub(super) async fn delete_expired_keys(db: &Db, now: DateTime<Utc>) -> Result<(), StoreError> {
     let now = to_millis(now);
-    db.call(move |conn| {
+    db.write(move |conn| {
         conn.execute(
             "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
             params![now],

@@ -34,6 +34,59 @@ fn from_json<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, StoreError>
         .map_err(|e| StoreError::Unavailable(format!("stored document is unreadable: {e}")))
 }
 
+/// A new job as its `jobs` row, encoded before it reaches the writer thread.
+pub(super) struct JobRow {
+    id: String,
+    user_id: String,
+    status: &'static str,
+    version: i64,
+    created_at: i64,
+    expires_at: i64,
+    doc: String,
+}
+
+impl JobRow {
+    pub(super) fn of_all(jobs: &[Job]) -> Result<Vec<Self>, StoreError> {
+        jobs.iter()
+            .map(|job| {
+                Ok(Self {
+                    id: job.id.to_string(),
+                    user_id: job.user_id.to_string(),
+                    status: job.status.as_str(),
+                    version: version_col(job.version)?,
+                    created_at: to_millis(job.created_at),
+                    expires_at: to_millis(job.expires_at),
+                    doc: to_json(job)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Inserts every row; `Conflict` (and nothing kept, once the caller's savepoint rolls back)
+    /// if an id exists.
+    pub(super) fn insert_all(conn: &Connection, rows: &[Self]) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO jobs (id, user_id, status, version, created_at, expires_at, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+        )?;
+        for r in rows {
+            let n = stmt.execute(params![
+                r.id,
+                r.user_id,
+                r.status,
+                r.version,
+                r.created_at,
+                r.expires_at,
+                r.doc
+            ])?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("job {} already exists", r.id)));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn version_col(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Conflict(format!("version {v} is out of range")))
 }
@@ -55,23 +108,9 @@ fn query_docs(
 #[async_trait]
 impl JobStore for SqliteJobStore {
     async fn insert(&self, job: &Job) -> Result<(), StoreError> {
-        let doc = to_json(job)?;
-        let (id, user, status) = (job.id.to_string(), job.user_id.to_string(), job.status);
-        let version = version_col(job.version)?;
-        let (created, expires) = (to_millis(job.created_at), to_millis(job.expires_at));
+        let rows = JobRow::of_all(std::slice::from_ref(job))?;
         self.db
-            .write(move |conn| {
-                let n = conn
-                    .prepare_cached(
-                        "INSERT INTO jobs (id, user_id, status, version, created_at, expires_at, doc)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-                    )?
-                    .execute(params![id, user, status.as_str(), version, created, expires, doc])?;
-                if n == 0 {
-                    return Err(StoreError::Conflict(format!("job {id} already exists")));
-                }
-                Ok(())
-            })
+            .write(move |conn| JobRow::insert_all(conn, &rows))
             .await
     }
 
@@ -306,37 +345,11 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn insert_many(&self, jobs: &[Job]) -> Result<(), (usize, StoreError)> {
-        let mut rows = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let version = version_col(job.version).map_err(|e| (0, e))?;
-            rows.push((
-                job.id.to_string(),
-                job.user_id.to_string(),
-                job.status.as_str(),
-                version,
-                to_millis(job.created_at),
-                to_millis(job.expires_at),
-                to_json(job).map_err(|e| (0, e))?,
-            ));
-        }
-        // One transaction: one fsync for the whole batch, and all or nothing, so a failure
-        // leaves none stored.
+        let rows = JobRow::of_all(jobs).map_err(|e| (0, e))?;
+        // One write: the write's savepoint makes the rows all or nothing, so a failure leaves
+        // none stored.
         self.db
-            .write(move |tx| {
-                // The write's savepoint makes the rows all or nothing.
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO jobs (id, user_id, status, version, created_at, expires_at, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-                )?;
-                for (id, user, status, version, created, expires, doc) in &rows {
-                    let n =
-                        stmt.execute(params![id, user, status, version, created, expires, doc])?;
-                    if n == 0 {
-                        return Err(StoreError::Conflict(format!("job {id} already exists")));
-                    }
-                }
-                Ok(())
-            })
+            .write(move |conn| JobRow::insert_all(conn, &rows))
             .await
             .map_err(|e| (0, e))
     }
@@ -405,7 +418,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::{NewJob, SubmitJob, Tier};
+    use crate::domain::Tier;
 
     fn store() -> (tempfile::TempDir, SqliteJobStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -414,23 +427,7 @@ mod tests {
     }
 
     fn job(user: &str, now: DateTime<Utc>) -> Job {
-        let (request, metadata) = SubmitJob {
-            prompt: Some("a kiln".into()),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
-        Job::new(
-            NewJob {
-                user_id: UserId::parse(user).unwrap(),
-                tier: Tier::Standard,
-                request,
-                webhook: None,
-                metadata,
-            },
-            now,
-            Duration::from_secs(3600),
-        )
+        Job::sample(user, now)
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 mod blob_store;
 mod db;
 mod guards;
+mod intake;
 mod job_store;
 mod queue;
 mod webhook_secrets;
@@ -20,6 +21,7 @@ use rand::RngCore;
 pub use crate::ports::blob_store::{validate_key, MAX_KEY_LEN};
 pub use blob_store::{content_type_for, FileBlobStore};
 pub use db::{Db, DbError};
+pub use intake::SqliteIntake;
 pub use job_store::SqliteJobStore;
 pub use queue::{QueuedMessage, SqliteQueue, MAX_BATCH};
 pub use webhook_secrets::SqliteWebhookSecrets;
@@ -64,6 +66,8 @@ pub struct LocalOptions {
 pub struct LocalBackend {
     /// Jobs and API keys.
     pub store: Arc<SqliteJobStore>,
+    /// Submits: a job and its message in one write.
+    pub intake: Arc<SqliteIntake>,
     /// The jobs queue; redrives to `jobs_dlq`.
     pub jobs_queue: Arc<SqliteQueue>,
     /// Job messages received `max_receive_count` times.
@@ -115,10 +119,12 @@ impl LocalBackend {
         let webhooks_queue =
             queue(queue_names::WEBHOOKS).with_redrive(&webhooks_dlq, opts.max_receive_count);
         let blobs = FileBlobStore::new(data_dir.join(BLOB_DIR), url_signer.clone(), clock);
+        let jobs_queue = Arc::new(jobs_queue);
         Ok(Self {
             webhook_secrets: Arc::new(SqliteWebhookSecrets::new(db.clone())),
+            intake: Arc::new(SqliteIntake::new(db.clone(), Arc::clone(&jobs_queue))),
             store: Arc::new(SqliteJobStore::new(db)),
-            jobs_queue: Arc::new(jobs_queue),
+            jobs_queue,
             jobs_dlq: Arc::new(jobs_dlq),
             webhooks_queue: Arc::new(webhooks_queue),
             webhooks_dlq: Arc::new(webhooks_dlq),

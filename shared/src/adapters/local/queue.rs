@@ -118,6 +118,17 @@ impl SqliteQueue {
         &self.name
     }
 
+    /// Ends the long polls waiting on this queue: for writes that sent messages without
+    /// [`Queue::send`].
+    pub(super) fn wake_receivers(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// The queue's clock.
+    pub(super) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Up to `limit` messages, oldest first, without receiving them: for operators' listings.
     pub async fn peek(&self, limit: usize) -> Result<Vec<QueuedMessage>, QueueError> {
         let name = self.name.clone();
@@ -292,6 +303,25 @@ impl SqliteQueue {
     }
 }
 
+/// Adds a message with a fresh id to queue `name` for each body, visible from `visible_at`.
+pub(super) fn insert_messages(
+    conn: &rusqlite::Connection,
+    name: &str,
+    bodies: &[String],
+    now: i64,
+    visible_at: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO queue_messages (queue, message_id, body, sent_at, visible_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for body in bodies {
+        let id = Uuid::new_v4().hyphenated().to_string();
+        stmt.execute(params![name, id, body, now, visible_at])?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn send(&self, bodies: &[String], delay: Duration) -> Result<(), QueueError> {
@@ -303,19 +333,9 @@ impl Queue for SqliteQueue {
         let clock = Arc::clone(&self.clock);
         let delay = duration_millis(delay);
         self.db
-            .write(move |tx| {
+            .write(move |conn| {
                 let now = to_millis(clock.now());
-                let visible_at = now.saturating_add(delay);
-                {
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT INTO queue_messages (queue, message_id, body, sent_at, visible_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?;
-                    for body in &bodies {
-                        let id = Uuid::new_v4().hyphenated().to_string();
-                        stmt.execute(params![name, id, body, now, visible_at])?;
-                    }
-                }
+                insert_messages(conn, &name, &bodies, now, now.saturating_add(delay))?;
                 Ok::<_, QueueError>(())
             })
             .await?;
