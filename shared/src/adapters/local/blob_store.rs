@@ -1,5 +1,5 @@
-//! [`BlobStore`] on the local disk: one file per key under a root directory, written atomically,
-//! handed out through HMAC-signed URLs that the API serves.
+//! [`BlobStore`] on the local disk: one file per key under a root directory, written atomically
+//! and made durable in groups, handed out through HMAC-signed URLs that the API serves.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::ports::blob_store::validate_key;
@@ -19,6 +20,7 @@ pub struct FileBlobStore {
     root: PathBuf,
     signer: UrlSigner,
     clock: Arc<dyn Clock>,
+    syncer: Syncer,
 }
 
 impl std::fmt::Debug for FileBlobStore {
@@ -58,7 +60,8 @@ where
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a part:
-/// a temporary file in the same directory (same file system), synced, then renamed over.
+/// a temporary file in the same directory (same file system), then renamed over. Not yet
+/// durable: see [`Syncer`].
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     let dir = path
         .parent()
@@ -72,7 +75,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     let result = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
         file.write_all(bytes)
-            .and_then(|()| file.sync_all())
             .map_err(|e| io_error("write", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| io_error("rename into", path, e))
     })();
@@ -83,10 +85,79 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
     result
 }
 
+/// A file written and waiting to be durable, and whom to tell.
+type SyncRequest = (PathBuf, oneshot::Sender<Result<(), String>>);
+
+/// Makes written files durable in groups, as the database's writer commits writes in groups: a
+/// thread takes every file written since its last flush and flushes them together, with one
+/// `syncfs` of their file system on Linux (file data, inodes and the renames' directory entries)
+/// instead of an `fsync` each. A `put` returns only once a flush that started after its rename
+/// has ended, so an image is on disk before the job that names it is marked `success`.
+#[derive(Clone)]
+struct Syncer {
+    requests: mpsc::UnboundedSender<SyncRequest>,
+}
+
+impl Syncer {
+    /// Starts the thread; it ends when the last handle is dropped.
+    fn start(root: PathBuf) -> Self {
+        let (requests, rx) = mpsc::unbounded_channel();
+        // If the thread cannot start, the receiver is dropped and every put reports it.
+        let _ = std::thread::Builder::new()
+            .name("kiln-blob-sync".into())
+            .spawn(move || sync_loop(&root, rx));
+        Self { requests }
+    }
+
+    async fn durable(&self, path: PathBuf) -> Result<(), BlobError> {
+        let stopped = || BlobError::Unavailable("the image syncer has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.requests.send((path, tx)).map_err(|_| stopped())?;
+        rx.await
+            .map_err(|_| stopped())?
+            .map_err(BlobError::Unavailable)
+    }
+}
+
+fn sync_loop(root: &Path, mut rx: mpsc::UnboundedReceiver<SyncRequest>) {
+    let mut group: Vec<SyncRequest> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while let Ok(next) = rx.try_recv() {
+            group.push(next);
+        }
+        let result = sync_files(root, group.iter().map(|(p, _)| p.as_path()));
+        for (_, answer) in group.drain(..) {
+            let _ = answer.send(result.clone());
+        }
+    }
+}
+
+/// Flushes the file system holding `root`, which holds every file of the group.
+#[cfg(target_os = "linux")]
+fn sync_files<'a>(root: &Path, _files: impl Iterator<Item = &'a Path>) -> Result<(), String> {
+    let dir =
+        std::fs::File::open(root).map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+    rustix::fs::syncfs(&dir).map_err(|e| format!("cannot flush {}: {e}", root.display()))
+}
+
+/// Elsewhere, each file and its directory in turn.
+#[cfg(not(target_os = "linux"))]
+fn sync_files<'a>(_root: &Path, files: impl Iterator<Item = &'a Path>) -> Result<(), String> {
+    for file in files {
+        let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+        sync(file)
+            .and_then(|()| file.parent().map_or(Ok(()), sync))
+            .map_err(|e| format!("cannot flush {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
 impl FileBlobStore {
     /// A store rooted at `root` (created on first write), signing URLs with `signer`.
     pub fn new(root: PathBuf, signer: UrlSigner, clock: Arc<dyn Clock>) -> Self {
         Self {
+            syncer: Syncer::start(root.clone()),
             root,
             signer,
             clock,
@@ -110,7 +181,9 @@ impl BlobStore for FileBlobStore {
         // The content type is not stored: `get` derives it from the extension, which the
         // caller chose to match it.
         let path = self.path_of(key)?;
-        blocking(move || write_atomically(&path, &bytes)).await
+        let written = path.clone();
+        blocking(move || write_atomically(&written, &bytes)).await?;
+        self.syncer.durable(path).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Blob>, BlobError> {
