@@ -232,7 +232,8 @@ impl SqliteQueue {
                             moved += 1;
                             continue;
                         }
-                        let receipt_handle = Uuid::new_v4().simple().to_string();
+                        // Time-ordered, like the message ids: see `insert_messages`.
+                        let receipt_handle = Uuid::now_v7().simple().to_string();
                         let receive_count = count.saturating_add(1);
                         tx.prepare_cached(
                             "UPDATE queue_messages SET receive_count = ?1, visible_at = ?2,
@@ -316,7 +317,9 @@ pub(super) fn insert_messages(
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for body in bodies {
-        let id = Uuid::new_v4().hyphenated().to_string();
+        // Time-ordered ids append to their unique index instead of landing on a random page of
+        // it: a group commit of many sends then writes a few index pages, not one per message.
+        let id = Uuid::now_v7().hyphenated().to_string();
         stmt.execute(params![name, id, body, now, visible_at])?;
     }
     Ok(())
