@@ -38,13 +38,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// A JSON body as [`JsonBody`] reads it, plus the hex SHA-256 of its canonical form (keys
-/// sorted, no insignificant whitespace): two bodies that mean the same hash the same, which is
-/// what an `Idempotency-Key` compares.
+/// sorted, no insignificant whitespace) when the request carries an `Idempotency-Key`: two
+/// bodies that mean the same hash the same, which is what the key compares.
 #[derive(Debug, Clone)]
 pub struct HashedJsonBody<T> {
     /// The parsed body.
     pub value: T,
-    /// Hex SHA-256 of the canonical JSON.
+    /// Hex SHA-256 of the canonical JSON; empty without an `Idempotency-Key` header, where
+    /// nothing compares it (and the second parse it takes is saved).
     pub hash: String,
 }
 
@@ -59,8 +60,17 @@ where
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
+        let keyed = req
+            .headers()
+            .contains_key(&crate::idempotency::IDEMPOTENCY_KEY);
         let bytes = Bytes::from_request(req, state).await?;
         let value = parse(&bytes)?;
+        if !keyed {
+            return Ok(Self {
+                value,
+                hash: String::new(),
+            });
+        }
         // `parse` accepted it, so it is one JSON document.
         let doc: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
