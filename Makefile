@@ -41,10 +41,15 @@ lint: lint-infra ## rustfmt, clippy (warnings are errors), cfn-lint and checkov
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: venv ## Benchmarks (release build, a few minutes): one table, each figure beside a baseline from the same run
+bench: ## Benchmarks (release build, a few minutes): one table, each figure beside a baseline from the same run
+	@# The Python environment (moto) installs while cargo builds.
+	$(MAKE) --no-print-directory -j2 venv bench-build
+	./target/release/kiln-bench
+
+.PHONY: bench-build
+bench-build:
 	$(CARGO) build --release --locked --features kiln-api/lambda,kiln-worker/lambda \
 	  --bin kiln-bench --bin kiln-api-lambda --bin kiln-worker-lambda
-	./target/release/kiln-bench
 
 chaos: ## SIGKILLs and provider faults under load (release build); fails if a job is lost or run twice
 	$(CARGO) build --release --locked --bin kiln --bin kiln-chaos
