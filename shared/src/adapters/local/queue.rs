@@ -192,22 +192,25 @@ impl SqliteQueue {
                 // Read the clock once the write lock is held, so that waiting for the lock
                 // cannot make a message look visible later than it is.
                 let now = to_millis(clock.now());
-                let hidden_until = now.saturating_add(hide_for);
+                // At least a millisecond, so that a taken message is never visible to the next look.
+                let hidden_until = now.saturating_add(hide_for.max(1));
                 let mut taken = Vec::new();
                 let mut moved = 0usize;
-                // Redriven messages leave room in the batch, so look again past the last row
-                // seen until the batch is full or nothing visible is left.
-                let mut after_seq = i64::MIN;
+                // Redriven messages leave room in the batch, so look again until the batch is
+                // full or nothing visible is left. Every row looked at is taken (now hidden) or
+                // moved (now in the DLQ), so the next look cannot see it again. Oldest visible
+                // first, straight from the (queue, visible_at) index: a long backlog costs a
+                // receive nothing, where ordering by `seq` sorted every visible message.
                 while taken.len() < max {
                     let want = (max - taken.len()) as i64;
                     let rows = {
                         let mut stmt = tx.prepare_cached(
                             "SELECT seq, message_id, body, sent_at, receive_count
                              FROM queue_messages
-                             WHERE queue = ?1 AND visible_at <= ?2 AND seq > ?3
-                             ORDER BY seq LIMIT ?4",
+                             WHERE queue = ?1 AND visible_at <= ?2
+                             ORDER BY visible_at LIMIT ?3",
                         )?;
-                        let rows = stmt.query_map(params![name, now, after_seq, want], |r| {
+                        let rows = stmt.query_map(params![name, now, want], |r| {
                             Ok((
                                 r.get::<_, i64>(0)?,
                                 r.get::<_, String>(1)?,
@@ -222,7 +225,6 @@ impl SqliteQueue {
                         break;
                     }
                     for (seq, message_id, body, sent_at, count) in rows {
-                        after_seq = seq;
                         if let Some(r) = redrive.as_ref().filter(|r| count >= r.max_receive_count) {
                             tx.prepare_cached(
                                 "UPDATE queue_messages SET queue = ?1, receive_count = 0,
