@@ -18,6 +18,14 @@ use std::time::Duration;
 
 use table::Table;
 
+/// Flushes what earlier sections (or other programs) left in the page cache, so that a section
+/// does not pay for the previous one's writeback: the local sections write hundreds of MB.
+fn settle_disk() {
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("  (could not run sync: {e})");
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::var("KILN_BENCH_SECS")
@@ -32,18 +40,22 @@ async fn main() -> anyhow::Result<()> {
     let mut submit_rate = None;
     if wanted("submit") {
         eprintln!("bench: submit throughput");
+        settle_disk();
         submit_rate = Some(kiln::submit(&mut table, window).await?);
     }
     if wanted("pipeline") {
         eprintln!("bench: pipeline throughput and overhead");
+        settle_disk();
         kiln::pipeline(&mut table, window, submit_rate).await?;
     }
     if wanted("seed") {
         eprintln!("bench: seed design against Kiln, 2 s provider");
+        settle_disk();
         kiln::seed(&mut table, window).await?;
     }
     if wanted("aws") {
         eprintln!("bench: AWS calls, GB-seconds and Lambda binaries on moto");
+        settle_disk();
         aws::run(&mut table).await?;
     }
     println!();
