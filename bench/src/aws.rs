@@ -5,7 +5,7 @@
 //! functions' calls).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,10 +18,10 @@ use kiln_shared::adapters::Services;
 use kiln_shared::clock::{Clock, SystemClock};
 use kiln_shared::domain::{ApiKeyRecord, Tier, UserId};
 use kiln_shared::ports::ReceivedMessage;
-use kiln_tests::lambda_runtime::{peak_rss_kib, Answer, RuntimeApi};
+use kiln_tests::lambda_runtime::{function_command, peak_rss_kib, Answer, RuntimeApi};
 use kiln_tests::moto::{moto, TestAws};
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::Instant;
 
 use crate::table::{Row, Table};
@@ -342,39 +342,18 @@ fn http_event(key: &str, body: Value) -> Value {
 
 /// Starts a Lambda binary on `aws`'s resources, with its AWS calls sent to `endpoint`.
 fn spawn(
-    bin: &PathBuf,
+    bin: &Path,
     function: &str,
     rt: &RuntimeApi,
     aws: &TestAws,
     endpoint: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KILN_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let r = &aws.resources;
-    cmd.envs(rt.env(function))
-        .env("KILN_BACKEND", "aws")
-        .env("KILN_TABLE", &r.table)
-        .env("KILN_JOBS_QUEUE_URL", &r.jobs_queue_url)
-        .env("KILN_JOBS_DLQ_URL", &r.jobs_dlq_url)
-        .env("KILN_WEBHOOKS_QUEUE_URL", &r.webhooks_queue_url)
-        .env("KILN_WEBHOOKS_DLQ_URL", &r.webhooks_dlq_url)
-        .env("KILN_BUCKET", &r.bucket)
-        .env("KILN_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", kiln_tests::moto::REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+    let mut cmd = function_command(bin, function, rt, aws, endpoint);
+    cmd.env("RUST_LOG", "warn")
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+        .stderr(Stdio::null());
     Ok(cmd.spawn()?)
 }
 

@@ -10,7 +10,7 @@ use kiln_shared::adapters::Services;
 use kiln_shared::clock::{Clock, SystemClock};
 use kiln_shared::domain::{ApiKeyRecord, Job, JobStatus, NewJob, SubmitJob, Tier, UserId};
 use kiln_shared::ports::JobMessage;
-use kiln_tests::lambda_runtime::{peak_rss_kib, Answer, RuntimeApi};
+use kiln_tests::lambda_runtime::{function_command, peak_rss_kib, Answer, RuntimeApi};
 use kiln_tests::moto::{moto, TestAws};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
@@ -33,34 +33,13 @@ fn spawn_with(
     endpoint: &str,
     extra: &[(&str, &str)],
 ) -> Child {
-    let mut cmd = Command::new(Path::new(bin));
-    cmd.envs(extra.iter().copied());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KILN_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let r = &aws.resources;
-    cmd.envs(rt.env(function))
-        .env("KILN_BACKEND", "aws")
-        .env("KILN_TABLE", &r.table)
-        .env("KILN_JOBS_QUEUE_URL", &r.jobs_queue_url)
-        .env("KILN_JOBS_DLQ_URL", &r.jobs_dlq_url)
-        .env("KILN_WEBHOOKS_QUEUE_URL", &r.webhooks_queue_url)
-        .env("KILN_WEBHOOKS_DLQ_URL", &r.webhooks_dlq_url)
-        .env("KILN_BUCKET", &r.bucket)
-        .env("KILN_LOG_FORMAT", "json")
+    let mut cmd = function_command(Path::new(bin), function, rt, aws, endpoint);
+    cmd.envs(extra.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_REGION", kiln_tests::moto::REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
+        .stdout(Stdio::null());
     if std::env::var_os("TEST_LOG").is_none() {
         cmd.stderr(Stdio::null());
     }

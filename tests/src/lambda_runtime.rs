@@ -214,3 +214,39 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// A Lambda binary set up as the function `function` on `aws`'s resources: talking to `rt`, its
+/// AWS calls sent to `endpoint` with dummy credentials, JSON logs, and none of this process's own
+/// `KILN_*` and `AWS_*` variables. Killed when dropped; callers add settings and choose where its
+/// output goes.
+pub fn function_command(
+    bin: &std::path::Path,
+    function: &str,
+    rt: &RuntimeApi,
+    aws: &crate::moto::TestAws,
+    endpoint: &str,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KILN_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let r = &aws.resources;
+    cmd.envs(rt.env(function))
+        .env("KILN_BACKEND", "aws")
+        .env("KILN_TABLE", &r.table)
+        .env("KILN_JOBS_QUEUE_URL", &r.jobs_queue_url)
+        .env("KILN_JOBS_DLQ_URL", &r.jobs_dlq_url)
+        .env("KILN_WEBHOOKS_QUEUE_URL", &r.webhooks_queue_url)
+        .env("KILN_WEBHOOKS_DLQ_URL", &r.webhooks_dlq_url)
+        .env("KILN_BUCKET", &r.bucket)
+        .env("KILN_LOG_FORMAT", "json")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", crate::moto::REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .kill_on_drop(true);
+    cmd
+}
