@@ -5,23 +5,22 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::db::{to_millis, Db};
+use super::db::to_millis;
 use super::job_store::JobRow;
 use super::queue::{insert_messages, SqliteQueue};
 use crate::domain::Job;
 use crate::ports::{Intake, JobMessage, StoreError};
 
-/// Stores jobs and enqueues them on the jobs queue in one write.
+/// Stores jobs and enqueues them on the jobs queue in one write, in the queue's database.
 #[derive(Debug)]
 pub struct SqliteIntake {
-    db: Db,
     queue: Arc<SqliteQueue>,
 }
 
 impl SqliteIntake {
-    /// Enqueues on `queue`, which must live in `db`.
-    pub fn new(db: Db, queue: Arc<SqliteQueue>) -> Self {
-        Self { db, queue }
+    /// Stores into the database of `queue`, and enqueues on it.
+    pub fn new(queue: Arc<SqliteQueue>) -> Self {
+        Self { queue }
     }
 }
 
@@ -38,7 +37,8 @@ impl Intake for SqliteIntake {
             .collect();
         let name = self.queue.name().to_owned();
         let clock = Arc::clone(self.queue.clock());
-        self.db
+        self.queue
+            .db()
             .write(move |conn| {
                 JobRow::insert_all(conn, &rows)?;
                 let now = to_millis(clock.now());

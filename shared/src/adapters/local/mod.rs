@@ -122,7 +122,7 @@ impl LocalBackend {
         let jobs_queue = Arc::new(jobs_queue);
         Ok(Self {
             webhook_secrets: Arc::new(SqliteWebhookSecrets::new(db.clone())),
-            intake: Arc::new(SqliteIntake::new(db.clone(), Arc::clone(&jobs_queue))),
+            intake: Arc::new(SqliteIntake::new(Arc::clone(&jobs_queue))),
             store: Arc::new(SqliteJobStore::new(db)),
             jobs_queue,
             jobs_dlq: Arc::new(jobs_dlq),

@@ -124,6 +124,11 @@ impl SqliteQueue {
         self.wake.notify_waiters();
     }
 
+    /// The database the queue lives in.
+    pub(super) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// The queue's clock.
     pub(super) fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
